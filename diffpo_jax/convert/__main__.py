@@ -1,0 +1,96 @@
+"""CLI: HF LLaDA checkpoint <-> diffpo-jax params checkpoint (orbax).
+
+  python -m diffpo_jax.convert import --hf_dir /ckpt/LLaDA-8B-Instruct --out /ckpt/llada_jax
+  python -m diffpo_jax.convert export --ckpt /ckpt/llada_jax --out /ckpt/llada_hf \
+      --source_dir /ckpt/LLaDA-8B-Instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+EPILOG = """\
+examples:
+  python -m diffpo_jax.convert import --hf_dir /ckpt/LLaDA-8B-Instruct --out /ckpt/llada_jax
+  python -m diffpo_jax.convert export --ckpt /ckpt/llada_jax --out /ckpt/llada_hf \\
+      --source_dir /ckpt/LLaDA-8B-Instruct
+
+Memory: LLaDA-8B in bf16 is 8.0e9 params x 2 bytes = 16 GB of device memory in total
+(spread over the mesh); import reads each parameter block by block from the safetensors
+files (host RAM: about the largest tensor, 1 GB). Export gathers one tensor at a time and
+buffers one output shard (--max_shard_gb) on the host.
+"""
+
+
+def _mesh(spec: str):
+    from diffpo_jax import sharding as shd
+
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return shd.make_mesh(data=1, fsdp=-1, tp=1)
+    try:
+        data, fsdp, tp = (int(s) for s in spec.split(","))
+    except ValueError:
+        raise SystemExit(f"--mesh {spec!r}: expected 'auto', 'none' or 'DATA,FSDP,TP' (e.g. 1,8,1)")
+    return shd.make_mesh(data=data, fsdp=fsdp, tp=tp)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m diffpo_jax.convert", description=__doc__.splitlines()[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    imp = sub.add_parser("import", help="HF safetensors directory -> orbax params checkpoint",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("--hf_dir", required=True, help="HF LLaDA directory (config.json + *.safetensors [+ index])")
+    imp.add_argument("--out", required=True, help="output directory (params/ + llada_config.json + hf_config.json)")
+    imp.add_argument("--param_dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"],
+                     help="dtype the params are stored in (default bfloat16, as released)")
+    imp.add_argument("--mesh", default="auto",
+                     help="'auto' (fsdp over all devices, default), 'none' (one device) or 'DATA,FSDP,TP'")
+    exp = sub.add_parser("export", help="orbax params checkpoint -> HF safetensors directory",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    exp.add_argument("--ckpt", required=True, help="directory written by `import` (or save_orbax)")
+    exp.add_argument("--out", required=True, help="output HF directory")
+    exp.add_argument("--source_dir", default=None,
+                     help="original HF directory: tokenizer, remote-code *.py, generation_config.json "
+                          "and config.json are taken from it (without it, only weights + config are written)")
+    exp.add_argument("--no_merge_lora", action="store_true",
+                     help="export the base weights only (default: merge LoRA, W + A@B*alpha/r)")
+    exp.add_argument("--peft_dir", default=None, help="also write the LoRA as a PEFT adapter here")
+    exp.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
+                     help="output dtype (default: the param dtype)")
+    exp.add_argument("--max_shard_gb", type=float, default=5.0, help="max bytes per safetensors shard, in GB")
+    exp.add_argument("--mesh", default="auto", help="as for import")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from diffpo_jax.convert import hf_config, hf_export, hf_import, orbax_io
+    from diffpo_jax.convert.errors import ConversionError
+
+    try:
+        if args.cmd == "import":
+            model = hf_import.load_hf(args.hf_dir, mesh=_mesh(args.mesh), param_dtype=args.param_dtype)
+            orbax_io.save_orbax(model, args.out, hf_config=hf_config.read_config(args.hf_dir))
+            print(f"imported {args.hf_dir} -> {args.out} ({model.cfg.param_count() / 1e9:.3f}B params, "
+                  f"{args.param_dtype})")
+        else:
+            model = orbax_io.load_orbax(args.ckpt, mesh=_mesh(args.mesh))
+            res = hf_export.save_hf(model, args.out, source_dir=args.source_dir, merge_lora=not args.no_merge_lora,
+                                    max_shard_bytes=int(args.max_shard_gb * 1e9), dtype=args.dtype,
+                                    hf_config=orbax_io.read_hf_config(args.ckpt))
+            if args.peft_dir and model.cfg.lora_rank > 0:
+                hf_export.save_peft_adapter(model, args.peft_dir)
+            print(f"exported {args.ckpt} -> {args.out}: {len(res['files'])} files")
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Write an `LLaDA` module as an HF LLaDA checkpoint directory (and LoRA as a PEFT adapter).
+
+`save_hf` writes `model-0000k-of-0000n.safetensors` shards (tensor names/layout of the
+released checkpoint, `[out, in]` Linear weights, one tensor per layer) +
+`model.safetensors.index.json` + `config.json`, and copies the tokenizer files, the
+remote-code `*.py` files and `generation_config.json` from `source_dir` (this project does
+not ship LLaDA's remote code). LoRA is merged per target as `W' = W + A @ B * alpha / r`
+(computed in fp32, cast to the output dtype) unless `merge_lora=False`.
+
+Multi-host: every process must call these functions (gathers are collective); only
+process 0 writes files. Host memory: one output shard (<= max_shard_bytes) + one tensor.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from typing import Optional
+
+import jax
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from diffpo_jax.convert import mapping
+from diffpo_jax.convert.errors import ConversionError
+from diffpo_jax.convert.hf_config import config_to_hf
+from diffpo_jax.models.llada import LLaDA
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # HF's default "5GB"
+COPY_PATTERNS = ("*.py", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                 "merges.txt", "chat_template*", "generation_config.json")
+NEEDED_FOR_AUTOMODEL = ("configuration_llada.py", "modeling_llada.py", "tokenizer.json",
+                        "tokenizer_config.json", "generation_config.json")
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-host sharded) array as a full numpy array on this host."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name  # 'bfloat16', 'float32', 'float16'
+
+
+def hf_tensor_iter(model: LLaDA, merge_lora: bool = True, dtype=None):
+    """Yield (HF name, numpy tensor in HF layout) in checkpoint order, one tensor at a time."""
+    cfg = model.cfg
+    state = nnx.to_pure_dict(nnx.state(model))
+    scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
+    lora_on = merge_lora and cfg.lora_rank > 0
+    for name, rule, layer in mapping.hf_tensors(cfg.n_layers):
+        param = mapping.get_path(state, rule.path)
+        out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(param.dtype)
+        w = _host(param if layer is None else param[layer])
+        target = rule.path[-1]
+        if lora_on and rule.path[0] == "blocks" and target in state.get("lora_a", {}):
+            a = _host(state["lora_a"][target][layer]).astype(np.float32)
+            b = _host(state["lora_b"][target][layer]).astype(np.float32)
+            w = w.astype(np.float32) + (a @ b) * scale
+        yield name, mapping.to_hf(w.astype(out_dtype, copy=False), rule)
+
+
+def _plan_shards(model: LLaDA, dtype, max_shard_bytes: int) -> list[list[str]]:
+    """Group HF names (checkpoint order) into shards of at most max_shard_bytes (one tensor may exceed)."""
+    state = nnx.to_pure_dict(nnx.state(model))
+    shards, cur, cur_bytes = [], [], 0
+    for name, rule, _ in mapping.hf_tensors(model.cfg.n_layers):
+        param = mapping.get_path(state, rule.path)
+        item = np.dtype(dtype if dtype is not None else param.dtype).itemsize
+        nbytes = int(np.prod(mapping.hf_shape(rule, param.shape))) * item
+        if cur and cur_bytes + nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(name)
+        cur_bytes += nbytes
+    return shards + [cur]
+
+
+def save_hf(model: LLaDA, out_dir: str, source_dir: Optional[str] = None, merge_lora: bool = True,
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype=None, hf_config: Optional[dict] = None) -> dict:
+    """Write `model` to `out_dir` in the HF LLaDA layout. Returns {'files': [...], 'missing': [...]}.
+
+    dtype: output dtype (default: the param dtype, bf16 for imported checkpoints).
+    hf_config: base config.json dict (default: `source_dir/config.json`, else the LLaDA-8B template);
+    the keys LLaDAConfig determines are overwritten from `model.cfg`.
+    Existing `model*.safetensors` files and the index in `out_dir` are replaced.
+    """
+    if source_dir is not None and not os.path.isdir(source_dir):
+        raise ConversionError(f"source_dir {source_dir}: not a directory")
+    writer = jax.process_index() == 0
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
+        for old in glob.glob(os.path.join(out_dir, "model*.safetensors")) + \
+                glob.glob(os.path.join(out_dir, "model.safetensors.index.json")):
+            os.remove(old)
+    plan = _plan_shards(model, dtype, max_shard_bytes)
+    n = len(plan)
+    fname_of = {name: ("model.safetensors" if n == 1 else f"model-{k + 1:05d}-of-{n:05d}.safetensors")
+                for k, names in enumerate(plan) for name in names}
+    weight_map, total, written_dtype, buf = {}, 0, None, {}
+    tensors = hf_tensor_iter(model, merge_lora, dtype)
+    for k, names in enumerate(plan):
+        for name in names:
+            got, t = next(tensors)
+            assert got == name
+            buf[name] = t
+            written_dtype = _dtype_name(t.dtype)
+        fname = fname_of[names[0]]
+        if writer:
+            save_file(buf, os.path.join(out_dir, fname), metadata={"format": "pt"})
+        for name, t in buf.items():
+            weight_map[name] = fname
+            total += t.nbytes
+        buf = {}
+    files = sorted(set(weight_map.values()))
+    if writer and n > 1:
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        files.append("model.safetensors.index.json")
+    base = hf_config
+    if base is None and source_dir is not None and os.path.isfile(os.path.join(source_dir, "config.json")):
+        with open(os.path.join(source_dir, "config.json")) as f:
+            base = json.load(f)
+    if writer:
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(config_to_hf(model.cfg, base, written_dtype), f, indent=2)
+    files.append("config.json")
+    copied = _copy_side_files(source_dir, out_dir) if (source_dir and writer) else []
+    missing = [m for m in NEEDED_FOR_AUTOMODEL if m not in copied]
+    if writer and missing:
+        print(f"save_hf: {out_dir} has the weights and config.json but not {missing} "
+              f"(needed by AutoModel/AutoTokenizer.from_pretrained(..., trust_remote_code=True)); "
+              f"pass source_dir=<original HF checkpoint directory> to copy them")
+    return {"files": files + copied, "missing": missing}
+
+
+def _copy_side_files(source_dir: str, out_dir: str) -> list[str]:
+    copied = []
+    for pattern in COPY_PATTERNS:
+        for path in sorted(glob.glob(os.path.join(source_dir, pattern))):
+            if os.path.isfile(path):
+                shutil.copy2(path, os.path.join(out_dir, os.path.basename(path)))
+                copied.append(os.path.basename(path))
+    return copied
+
+
+def save_peft_adapter(model: LLaDA, out_dir: str, base_model_name_or_path: Optional[str] = None) -> list[str]:
+    """Write the model's LoRA as a PEFT adapter: `adapter_config.json` + `adapter_model.safetensors`
+    with `...blocks.{i}.{target}.lora_A.weight [r, in]` (= A[i].T) and `lora_B.weight [out, r]`
+    (= B[i].T); PEFT computes `B(A(x)) * lora_alpha / r`, the same delta as ours."""
+    cfg = model.cfg
+    if cfg.lora_rank <= 0:
+        raise ConversionError("save_peft_adapter: the model has no LoRA (cfg.lora_rank == 0)")
+    tensors = {}
+    for target in cfg.lora_targets:
+        a = _host(model.lora_a[target][...])
+        b = _host(model.lora_b[target][...])
+        for i in range(cfg.n_layers):
+            name_a, name_b = mapping.peft_names(i, target)
+            tensors[name_a] = np.ascontiguousarray(a[i].T)
+            tensors[name_b] = np.ascontiguousarray(b[i].T)
+    adapter_config = {
+        "peft_type": "LORA", "task_type": None, "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": 0.0, "target_modules": list(cfg.lora_targets), "bias": "none",
+        "fan_in_fan_out": False, "inference_mode": True, "use_rslora": False,
+        "base_model_name_or_path": base_model_name_or_path,
+    }
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+            json.dump(adapter_config, f, indent=2)
+    return ["adapter_config.json", "adapter_model.safetensors"]

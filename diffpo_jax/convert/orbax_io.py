@@ -1,0 +1,81 @@
+"""NNX params <-> an orbax checkpoint directory (what `python -m diffpo_jax.convert import` writes).
+
+Layout of `path/`:
+  params/            orbax StandardCheckpointer of `nnx.to_pure_dict(nnx.state(model))`
+  llada_config.json  the LLaDAConfig fields (to rebuild the module)
+  hf_config.json     optional: the source config.json (so export round-trips its extra keys)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from diffpo_jax import sharding as shd
+from diffpo_jax.convert.errors import ConversionError
+from diffpo_jax.models.llada import LLaDA, LLaDAConfig
+
+
+def config_to_json(cfg: LLaDAConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_from_json(d: dict, **overrides) -> LLaDAConfig:
+    d = {**d, **overrides}
+    if "lora_targets" in d:
+        d["lora_targets"] = tuple(d["lora_targets"])
+    return LLaDAConfig(**d)
+
+
+def save_orbax(model: LLaDA, path: str, hf_config: Optional[dict] = None) -> None:
+    """Save params + config into `path` (every process calls this; orbax coordinates)."""
+    path = os.path.abspath(path)
+    if os.path.exists(os.path.join(path, "params")):
+        raise ConversionError(f"{path}/params already exists; choose a new --out directory or delete it")
+    os.makedirs(path, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(path, "params"), nnx.to_pure_dict(nnx.state(model)))
+    ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        with open(os.path.join(path, "llada_config.json"), "w") as f:
+            json.dump(config_to_json(model.cfg), f, indent=2)
+        if hf_config is not None:
+            with open(os.path.join(path, "hf_config.json"), "w") as f:
+                json.dump(hf_config, f, indent=2)
+
+
+def read_hf_config(path: str) -> Optional[dict]:
+    p = os.path.join(path, "hf_config.json")
+    if not os.path.isfile(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def load_orbax(path: str, mesh: Optional[jax.sharding.Mesh] = None, **config_overrides) -> LLaDA:
+    """Restore a module saved by `save_orbax`, each param straight onto its mesh sharding
+    (mesh None: one device). Overrides may change numerics (compute_dtype, remat), not shapes."""
+    path = os.path.abspath(path)
+    cfg_path = os.path.join(path, "llada_config.json")
+    if not os.path.isfile(cfg_path) or not os.path.isdir(os.path.join(path, "params")):
+        raise ConversionError(f"{path}: not a diffpo-jax params checkpoint (needs llada_config.json and "
+                              f"params/, as written by `python -m diffpo_jax.convert import`)")
+    with open(cfg_path) as f:
+        cfg = config_from_json(json.load(f), **config_overrides)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))
+    pure = nnx.to_pure_dict(state)
+    if mesh is None:
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: one, pure)
+    else:
+        shardings = shd.state_shardings(pure, mesh)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), pure, shardings)
+    restored = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), target)
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state)
