@@ -1,0 +1,207 @@
+"""The decoding loop: semi-autoregressive blocks, one `lax.while_loop`, per-row progress.
+
+`decode(model, cfg, prompt_tokens, prompt_mask, key, gamma, threshold, temperature)` is a
+pure traced function (no jit here; `api.make_sampler` compiles it). One loop iteration =
+one forward of the whole batch `[B, P + L]` = one NFE for every row still decoding.
+
+Rows advance through their blocks independently: a row whose current block has no masks
+left moves on to its next block at the next forward (the semi-AR semantics of each row are
+unchanged: positions outside a row's current block are never unmasked, earlier blocks are
+complete, later ones fully masked). A batch therefore costs `max_b NFE_b` forwards, not
+`sum over blocks of max_b`. A row with nothing left to decode is a no-op: its tokens and
+counters do not change. The loop stops when every row is done, or at the static bound
+`cfg.max_steps` (which no rule can exceed: every non-fixed step reveals >= 1 token).
+
+Per-row bookkeeping: `nfe [B]` counts the forwards in which the row had eligible masks
+(for rule='fixed' every forward until its last block ends, so NFE = steps exactly, as in
+LLaDA); the tokens revealed at a row's n-th counted forward get `unmask_step = n`
+(1-based), so the latent after step t is `where(unmask_step <= t, tokens, MASK)`.
+
+Only the current block's logits are formed: the model's final hidden states `[B, P+L, D]`
+are cut to each row's block `[B, Lb, D]` before the LM head, so `[B, Lb, V]` (not
+`[B, P+L, V]`) is materialised per step.
+
+Padding (`cfg.use_padding_mask`): off by default = LLaDA's released code and d1, whose
+model ignores `attention_mask` (left pads are EOS tokens that every position attends to);
+these are the numbers we reproduce. On = `[prompt_mask, ones(L)]` is passed as the key
+padding mask, so a left-padded row decodes as if it were alone and unpadded.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from diffpo_jax.sampling import rules
+from diffpo_jax.sampling.config import SamplerConfig
+
+
+class SampleOutput(struct.PyTreeNode):
+    """Sampler result (B rows, P prompt length, L = gen_length).
+
+    tokens `[B, P+L]` int32: prompt (as given, left-padded) + completion.
+    unmask_step `[B, L]` int32: 1-based per-row step at which each completion token was
+      revealed (counted across blocks; 0 only if never revealed, which cannot happen).
+    behaviour_logp `[B, L]` f32: log softmax of the untempered logits (after CFG and
+      logits_eos_inf, i.e. what the sampler used) at the reveal step, of the revealed token.
+    behaviour_logp_tempered `[B, L]` f32: the same under softmax(logits / T); 0 where T = 0
+      (greedy decoding is a point mass).
+    nfe `[B]` int32: forwards that did work for the row (= max(unmask_step) unless
+      rule='fixed' has steps that reveal nothing).
+    completion_mask `[B, L]` bool: positions up to and including the first EOS (all if none).
+    completion_length `[B]` int32: completion_mask.sum(-1).
+    forwards `[]` int32: batched forwards actually run (= max(nfe)).
+    cfg_guided (static): True if every forward was a CFG pair (still 1 NFE per step).
+    """
+
+    tokens: jax.Array
+    unmask_step: jax.Array
+    behaviour_logp: jax.Array
+    behaviour_logp_tempered: jax.Array
+    nfe: jax.Array
+    completion_mask: jax.Array
+    completion_length: jax.Array
+    forwards: jax.Array
+    cfg_guided: bool = struct.field(pytree_node=False, default=False)
+
+
+class _State(NamedTuple):
+    comp: jax.Array  # [B, L] int32 completion tokens (MASK where hidden)
+    blk: jax.Array  # [B] int32 current block (n_blocks = done)
+    block_step: jax.Array  # [B] int32 steps taken in the current block
+    block_masks: jax.Array  # [B] int32 masks in the current block at its start (fixed rule)
+    nfe: jax.Array  # [B] int32
+    unmask_step: jax.Array  # [B, L] int32
+    logp: jax.Array  # [B, L] f32
+    logp_t: jax.Array  # [B, L] f32
+    it: jax.Array  # [] int32 forwards run
+
+
+def completion_mask(completion: jax.Array, eos_id: int) -> jax.Array:
+    """`[B, L]` bool: True up to and including the first `eos_id`; all True if none."""
+    is_eos = completion == eos_id
+    first = jnp.where(jnp.any(is_eos, axis=-1), jnp.argmax(is_eos, axis=-1), completion.shape[-1])
+    return jnp.arange(completion.shape[-1])[None, :] <= first[:, None]
+
+
+def _take_block(a: jax.Array, onehot: jax.Array) -> jax.Array:
+    """a `[B, nb*Lb, ...]`, onehot `[B, nb]` -> the selected block `[B, Lb, ...]` (exact;
+    zeros for a row whose onehot is all False)."""
+    b, nb = onehot.shape
+    blocks = a.reshape(b, nb, a.shape[1] // nb, *a.shape[2:])
+    sel = onehot.reshape(b, nb, *([1] * (blocks.ndim - 2)))
+    return jnp.sum(jnp.where(sel, blocks, jnp.zeros((), a.dtype)), axis=1)
+
+
+def _block_logits(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len: int, mask_id: int):
+    """fp32 logits `[B, Lb, V]` of each row's current block (with CFG if configured)."""
+    b = x.shape[0]
+    if cfg.uses_cfg:  # second copy with the whole prompt masked (LLaDA masks every prompt position)
+        uncond = x.at[:, :prompt_len].set(mask_id)
+        x = jnp.concatenate([x, uncond], axis=0)
+        onehot = jnp.concatenate([onehot, onehot], axis=0)
+        if padding_mask is not None:
+            padding_mask = jnp.concatenate([padding_mask, padding_mask], axis=0)
+    if hasattr(model, "hidden"):
+        h = model.hidden(x, padding_mask, lora=cfg.lora)
+        logits = model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot))
+    else:  # any model returning full logits
+        logits = _take_block(model(x, padding_mask, lora=cfg.lora)[:, prompt_len:], onehot)
+    logits = logits.astype(jnp.float32)
+    if cfg.uses_cfg:
+        cond, uncond = logits[:b], logits[b:]
+        logits = uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)
+    return logits
+
+
+def _select(cfg: SamplerConfig, prop: rules.Proposal, eligible, st: _State, key, gamma, threshold):
+    """`[B, Lb]` bool positions to reveal this step, by cfg.rule."""
+    if cfg.rule in ("fixed", "topk"):
+        score = prop.confidence
+        if cfg.remasking == "random":
+            score = jax.random.uniform(key, eligible.shape, jnp.float32)
+        if cfg.rule == "fixed":
+            k = rules.fixed_schedule(st.block_masks, cfg.max_steps_per_block, st.block_step)
+        else:
+            k = jnp.full(eligible.shape[:1], cfg.k, jnp.int32)
+        return rules.select_topk(score, eligible, k)
+    if cfg.rule == "threshold":
+        return rules.select_threshold(prop.confidence, eligible, threshold)
+    return rules.select_eb(prop.entropy, eligible, gamma)
+
+
+def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array, key: jax.Array,
+           gamma: jax.Array, threshold: jax.Array, temperature: jax.Array) -> SampleOutput:
+    """Decode `cfg.gen_length` tokens after left-padded `prompt_tokens [B, P]` int32.
+
+    prompt_mask `[B, P]` bool (True = real token; used only with cfg.use_padding_mask);
+    gamma, threshold, temperature `[B]` f32 (used by rule eb / threshold / all rules).
+    """
+    mcfg = getattr(model, "cfg", None)
+    mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else mcfg.mask_token_id
+    eos_id = cfg.eos_token_id if cfg.eos_token_id is not None else mcfg.eos_token_id
+    b, p = prompt_tokens.shape
+    nb, lb, n_len = cfg.n_blocks, cfg.block_length, cfg.gen_length
+    prompt_tokens = prompt_tokens.astype(jnp.int32)
+    padding_mask = None
+    if cfg.use_padding_mask:
+        padding_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((b, n_len), bool)], axis=1)
+
+    def onehot_of(blk):
+        return blk[:, None] == jnp.arange(nb, dtype=jnp.int32)[None, :]
+
+    def masks_in_block(comp, blk):
+        return jnp.sum(_take_block(comp == mask_id, onehot_of(blk)), axis=-1).astype(jnp.int32)
+
+    def body(st: _State) -> _State:
+        onehot = onehot_of(st.blk)
+        live = st.blk < nb
+        x = jnp.concatenate([prompt_tokens, st.comp], axis=1)
+        logits = _block_logits(model, cfg, x, padding_mask, onehot, p, mask_id)
+        if cfg.logits_eos_inf:
+            logits = logits.at[..., eos_id].set(-jnp.inf)
+        k_noise, k_select = jax.random.split(jax.random.fold_in(key, st.it))
+        prop = rules.propose(logits, k_noise, temperature)
+        eligible = (_take_block(st.comp, onehot) == mask_id) & live[:, None]
+        select = _select(cfg, prop, eligible, st, k_select, gamma, threshold)
+        active = live if cfg.rule == "fixed" else jnp.any(eligible, axis=-1)
+        nfe = st.nfe + active.astype(jnp.int32)
+        in_block = jnp.repeat(onehot, lb, axis=1)  # [B, L]
+        reveal = jnp.tile(select, (1, nb)) & in_block
+        comp = jnp.where(reveal, jnp.tile(prop.tokens, (1, nb)), st.comp)
+        block_step = st.block_step + active.astype(jnp.int32)
+        if cfg.rule == "fixed":
+            block_done = live & (block_step >= cfg.max_steps_per_block)
+        else:
+            block_done = live & ~jnp.any(eligible & ~select, axis=-1)
+        blk = st.blk + block_done.astype(jnp.int32)
+        return _State(
+            comp=comp, blk=blk,
+            block_step=jnp.where(block_done, 0, block_step),
+            block_masks=jnp.where(block_done, masks_in_block(comp, blk), st.block_masks),
+            nfe=nfe,
+            unmask_step=jnp.where(reveal, nfe[:, None], st.unmask_step),
+            logp=jnp.where(reveal, jnp.tile(prop.logp, (1, nb)), st.logp),
+            logp_t=jnp.where(reveal, jnp.tile(prop.logp_tempered, (1, nb)), st.logp_t),
+            it=st.it + 1)
+
+    def cond(st: _State):
+        return (st.it < cfg.max_steps) & jnp.any(st.blk < nb)
+
+    comp0 = jnp.full((b, n_len), mask_id, jnp.int32)
+    zeros_b = jnp.zeros((b,), jnp.int32)
+    st = _State(comp=comp0, blk=zeros_b, block_step=zeros_b, block_masks=masks_in_block(comp0, zeros_b),
+                nfe=zeros_b, unmask_step=jnp.zeros((b, n_len), jnp.int32),
+                logp=jnp.zeros((b, n_len), jnp.float32), logp_t=jnp.zeros((b, n_len), jnp.float32),
+                it=jnp.zeros((), jnp.int32))
+    st = jax.lax.while_loop(cond, body, st)
+    cmask = completion_mask(st.comp, eos_id)
+    return SampleOutput(
+        tokens=jnp.concatenate([prompt_tokens, st.comp], axis=1), unmask_step=st.unmask_step,
+        behaviour_logp=st.logp, behaviour_logp_tempered=st.logp_t, nfe=st.nfe,
+        completion_mask=cmask, completion_length=jnp.sum(cmask, axis=-1).astype(jnp.int32),
+        forwards=st.it, cfg_guided=cfg.uses_cfg)
+

@@ -1,0 +1,148 @@
+"""Straightforward NumPy re-statements of the samplers, for token-exact tests (T = 0).
+
+Written from SPEC §2 / research/llada.md (LLaDA's generate()), not from our JAX code:
+  * `llada_generate`: LLaDA's batched loop: per block, the mask count split evenly over
+    the block's steps (remainder first); each step the k_s most confident masked
+    positions of the current block are committed (confidence = -inf elsewhere).
+  * `row_generate`: one row at a time; inside each block, step until no mask is left,
+    choosing by rule 'topk' | 'threshold' | 'eb'; one model call per step (= 1 NFE).
+Both break confidence / entropy ties by the lower position index (stable sorts).
+`logits_fn(x [b, T] int) -> [b, T, V]` is the model; every call is counted in `calls`.
+Each returns dict(tokens [B, P+L], unmask_step [B, L], logp [B, L], nfe [B]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def transfer_counts(n_masks: int, steps: int) -> np.ndarray:
+    """LLaDA's get_num_transfer_tokens for one row: n_masks spread over steps."""
+    counts = np.full(steps, n_masks // steps, np.int64)
+    counts[: n_masks % steps] += 1
+    return counts
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+class CountingModel:
+    """Wraps logits_fn; `calls` counts forwards (a CFG pair is one call)."""
+
+    def __init__(self, logits_fn, mask_id, cfg_scale=0.0, eos_inf_id=None, padding_mask=None):
+        self.fn, self.mask_id, self.cfg_scale, self.eos_inf_id = logits_fn, mask_id, cfg_scale, eos_inf_id
+        self.padding_mask = padding_mask
+        self.calls = 0
+
+    def __call__(self, x: np.ndarray, prompt_len: int, padding_mask=None) -> np.ndarray:
+        self.calls += 1
+        if self.cfg_scale > 0:
+            uncond = x.copy()
+            uncond[:, :prompt_len] = self.mask_id
+            both = np.asarray(self.fn(np.concatenate([x, uncond]), None if padding_mask is None else
+                                      np.concatenate([padding_mask, padding_mask])), np.float64)
+            cond, unc = both[: len(x)], both[len(x):]
+            logits = unc + (self.cfg_scale + 1) * (cond - unc)
+        else:
+            logits = np.asarray(self.fn(x, padding_mask), np.float64)
+        if self.eos_inf_id is not None:
+            logits[..., self.eos_inf_id] = -np.inf
+        return logits
+
+
+def llada_generate(model: CountingModel, prompt, gen_length, block_length, steps, padding_mask=None):
+    prompt = np.asarray(prompt)
+    b, p = prompt.shape
+    mask_id = model.mask_id
+    x = np.full((b, p + gen_length), mask_id, np.int64)
+    x[:, :p] = prompt
+    pm = None if padding_mask is None else np.concatenate([padding_mask, np.ones((b, gen_length), bool)], 1)
+    unmask_step = np.zeros((b, gen_length), np.int64)
+    logp_out = np.zeros((b, gen_length))
+    n_blocks = gen_length // block_length
+    per_block = steps // n_blocks
+    for blk in range(n_blocks):
+        end = p + (blk + 1) * block_length
+        counts = [transfer_counts(int((x[i, end - block_length:end] == mask_id).sum()), per_block) for i in range(b)]
+        for s in range(per_block):
+            is_mask = x == mask_id
+            logits = model(x, p, pm)
+            x0 = logits.argmax(-1)
+            lsm = _log_softmax(logits)
+            x0_logp = np.take_along_axis(lsm, x0[..., None], -1)[..., 0]
+            conf = np.exp(x0_logp)
+            conf[:, end:] = -np.inf
+            conf = np.where(is_mask, conf, -np.inf)
+            for i in range(b):
+                chosen = np.argsort(-conf[i], kind="stable")[: counts[i][s]]
+                x[i, chosen] = x0[i, chosen]
+                unmask_step[i, chosen - p] = blk * per_block + s + 1
+                logp_out[i, chosen - p] = x0_logp[i, chosen]
+    return dict(tokens=x, unmask_step=unmask_step, logp=logp_out, nfe=np.full(b, steps))
+
+
+def _choose(rule, conf, entropy, k, threshold, gamma):
+    """Indices (into the eligible list) to reveal; conf / entropy over eligible positions."""
+    if rule == "topk":
+        return np.argsort(-conf, kind="stable")[:k]
+    if rule == "threshold":
+        order = np.argsort(-conf, kind="stable")
+        return np.array(sorted({order[0], *np.nonzero(conf >= threshold)[0]}))
+    if rule == "eb":
+        order = np.argsort(entropy, kind="stable")
+        h = entropy[order].astype(np.float32)
+        total, biggest, count = np.float32(0), np.float32(0), 0
+        for j in range(len(h)):  # prefix U_j qualifies iff sum(H_U) - max(H_U) <= gamma
+            total, biggest = np.float32(total + h[j]), max(biggest, h[j])
+            count += int(np.float32(total - biggest) <= np.float32(gamma))
+        return order[: min(max(count, 1), len(h))]
+    raise ValueError(rule)
+
+
+def row_generate(model: CountingModel, prompt, gen_length, block_length, rule, k=2, threshold=0.9, gamma=0.1,
+                 padding_mask=None):
+    prompt = np.asarray(prompt)
+    b, p = prompt.shape
+    mask_id = model.mask_id
+    out = dict(tokens=np.zeros((b, p + gen_length), np.int64), unmask_step=np.zeros((b, gen_length), np.int64),
+               logp=np.zeros((b, gen_length)), nfe=np.zeros(b, np.int64))
+    gamma, threshold = np.broadcast_to(gamma, (b,)), np.broadcast_to(threshold, (b,))
+    for i in range(b):
+        x = np.concatenate([prompt[i], np.full(gen_length, mask_id)])[None]
+        pm = None if padding_mask is None else np.concatenate([padding_mask[i], np.ones(gen_length, bool)])[None]
+        calls_before = model.calls
+        for blk in range(gen_length // block_length):
+            lo, hi = p + blk * block_length, p + (blk + 1) * block_length
+            while (x[0, lo:hi] == mask_id).any():
+                logits = model(x, p, pm)[0, lo:hi]
+                step = model.calls - calls_before
+                lsm = _log_softmax(logits)
+                x0 = logits.argmax(-1)
+                x0_logp = np.take_along_axis(lsm, x0[:, None], -1)[:, 0]
+                entropy = -np.where(np.exp(lsm) > 0, np.exp(lsm) * lsm, 0).sum(-1)
+                elig = np.nonzero(x[0, lo:hi] == mask_id)[0]
+                pick = elig[_choose(rule, np.exp(x0_logp[elig]), entropy[elig], k, threshold[i], gamma[i])]
+                x[0, lo + pick] = x0[pick]
+                out["unmask_step"][i, lo - p + pick] = step
+                out["logp"][i, lo - p + pick] = x0_logp[pick]
+        out["tokens"][i] = x[0]
+        out["nfe"][i] = model.calls - calls_before
+    return out
+
+
+def make_test_model(seed: int = 0, **cfg_overrides):
+    """Tiny LLaDA with weights rescaled so that logits are peaked and position-dependent
+    (confidence gaps ~1e-4 or more, argmax margins ~5e-3): ties cannot flip under fp32
+    rounding, so token-exact comparisons are meaningful."""
+    from flax import nnx
+
+    from diffpo_jax.models import llada
+
+    model = llada.LLaDA(llada.tiny(**cfg_overrides), rngs=nnx.Rngs(seed))
+    for name, scale in (("q_proj", 8), ("k_proj", 8), ("v_proj", 4), ("attn_out", 4), ("ff_proj", 4),
+                        ("up_proj", 4), ("ff_out", 4)):
+        model.blocks[name][...] = model.blocks[name][...] * scale
+    model.lm_head[...] = model.lm_head[...] * 20
+    return model
