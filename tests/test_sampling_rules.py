@@ -1,0 +1,116 @@
+"""Hand-checked selection rules on synthetic numbers (no model), config validation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffpo_jax.sampling import SamplerConfig, completion_mask, left_pad
+from diffpo_jax.sampling import rules
+
+
+def _sel(mask):
+    return [np.nonzero(r)[0].tolist() for r in np.asarray(mask)]
+
+
+def test_fixed_schedule_splits_evenly_remainder_first():
+    m = jnp.array([10, 2, 8])
+    ks = np.stack([np.asarray(rules.fixed_schedule(m, 4, jnp.int32(s))) for s in range(4)], 1)
+    assert ks.tolist() == [[3, 3, 2, 2], [1, 1, 0, 0], [2, 2, 2, 2]]
+
+
+def test_topk_ties_go_to_lower_index_and_skip_ineligible():
+    conf = jnp.array([[0.5, 0.9, 0.5, 0.95, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    elig = jnp.array([[1, 1, 1, 0, 1], [0, 1, 1, 1, 1]], bool)
+    assert _sel(rules.select_topk(conf, elig, jnp.array([2, 3]))) == [[0, 1], [1, 2, 3]]
+    # k larger than the eligible count takes them all, nothing else
+    assert _sel(rules.select_topk(conf, elig, jnp.array([9, 9]))) == [[0, 1, 2, 4], [1, 2, 3, 4]]
+
+
+def test_threshold_top1_plus_all_at_or_above_tau():
+    conf = jnp.array([[0.3, 0.95, 0.9, 0.89],   # 0.9 == tau is kept
+                      [0.4, 0.5, 0.5, 0.1],     # none >= tau: top-1 only, tie -> lower index
+                      [0.99, 0.98, 0.2, 0.1],   # best two ineligible
+                      [0.99, 0.99, 0.99, 0.99]])  # no eligible at all: nothing
+    elig = jnp.array([[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]], bool)
+    got = rules.select_threshold(conf, elig, jnp.array([0.9, 0.9, 0.9, 0.0]))
+    assert _sel(got) == [[1, 2], [1], [2], []]
+    per_row = rules.select_threshold(conf[:1].repeat(2, 0), elig[:1].repeat(2, 0), jnp.array([0.0, 1.0]))
+    assert _sel(per_row) == [[0, 1, 2, 3], [1]]
+
+
+def test_eb_prefix_rule():
+    # sorted entropies 0.125, 0.25, 0.375, 0.5 (positions 1, 3, 2, 0):
+    # cumsum - cummax = 0, 0.125, 0.375, 0.75
+    h = jnp.array([[0.5, 0.125, 0.375, 0.25]] * 5)
+    elig = jnp.ones((5, 4), bool)
+    got = rules.select_eb(h, elig, jnp.array([0.0, 0.125, 0.4, 0.75, 1e9]))
+    assert _sel(got) == [[1], [1, 3], [1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+def test_eb_edge_cases():
+    h = jnp.array([[0.0, 0.0, 0.5, 2.0],     # zero-entropy ties join at gamma=0 (sum of all but max = 0)
+                   [0.3, 0.3, 0.3, 0.3],     # equal entropies: lower index first
+                   [5.0, 0.1, 9.0, 7.0],     # only position 0 and 3 eligible, gamma 0: one of them
+                   [1.0, 1.0, 1.0, 1.0]])    # nothing eligible: nothing
+    elig = jnp.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0]], bool)
+    got = rules.select_eb(h, elig, jnp.array([0.0, 0.3, 0.0, 1e9]))
+    assert _sel(got) == [[0, 1, 2], [0, 1], [0], []]
+
+
+def test_propose_greedy_and_gumbel_frequencies():
+    logits = jnp.array([[[2.0, 1.0, 0.0, -jnp.inf]]])  # a -inf logit (logits_eos_inf) stays finite
+    p = jax.nn.softmax(logits[0, 0])
+    prop = rules.propose(logits, jax.random.key(0), jnp.zeros(1))
+    assert int(prop.tokens[0, 0]) == 0 and float(prop.logp_tempered[0, 0]) == 0.0
+    np.testing.assert_allclose(float(prop.confidence[0, 0]), float(p[0]), rtol=1e-6)
+    ent = -float(jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0)))
+    np.testing.assert_allclose(float(prop.entropy[0, 0]), ent, rtol=1e-5)
+    # T = 0.7: x0 ~ softmax(logits / T); confidence / logp stay untempered
+    n, t = 40000, 0.7
+    many = jnp.broadcast_to(logits, (1, n, 4))
+    prop = rules.propose(many, jax.random.key(1), jnp.full(1, t))
+    freq = np.bincount(np.asarray(prop.tokens[0]), minlength=4) / n
+    target = np.asarray(jax.nn.softmax(logits[0, 0] / t))
+    np.testing.assert_allclose(freq, target, atol=0.01)
+    tok = np.asarray(prop.tokens[0])
+    with np.errstate(divide="ignore"):
+        logp, logp_t = np.log(np.asarray(p)), np.log(target)
+    np.testing.assert_allclose(np.asarray(prop.logp[0]), logp[tok], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(prop.logp_tempered[0]), logp_t[tok], rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(prop.entropy)))
+
+
+def test_completion_mask_and_left_pad():
+    comp = jnp.array([[5, 9, 7, 9], [1, 2, 3, 4], [9, 9, 1, 1]])
+    assert np.asarray(completion_mask(comp, 9)).astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    toks, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    assert toks.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="more than length"):
+        left_pad([[1, 2, 3]], 0, length=2)
+    with pytest.raises(ValueError, match="empty"):
+        left_pad([[1], []], 0)
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"gen_length": 30, "block_length": 8}, "block_length"),
+    ({"steps": 10, "gen_length": 32, "block_length": 8}, "steps=10"),
+    ({"gen_length": 24, "block_length": 8}, "steps=None"),   # 12 steps over 3 blocks is fine...
+    ({"rule": "beam"}, "rule"),
+    ({"rule": "eb", "gamma": -1}, "gamma"),
+    ({"rule": "threshold", "threshold": 1.5}, "threshold"),
+    ({"rule": "eb", "remasking": "random"}, "remasking"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"rule": "topk", "k": 0}, "k=0"),
+])
+def test_config_errors_name_the_field(kw, field):
+    if field == "steps=None":  # ...but 13 steps over 3 blocks is not
+        SamplerConfig(**kw)
+        kw, field = {"gen_length": 26, "block_length": 13}, "steps=None"
+    with pytest.raises(ValueError, match=field):
+        SamplerConfig(**kw)
+
+
+def test_config_static_step_bounds():
+    assert SamplerConfig(gen_length=256, block_length=32).max_steps == 128  # d1: steps = L / 2
+    assert SamplerConfig(rule="topk", k=3, gen_length=64, block_length=32).max_steps == 2 * 11
+    assert SamplerConfig(rule="eb", gen_length=64, block_length=32).max_steps == 64
