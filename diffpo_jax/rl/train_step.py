@@ -1,0 +1,282 @@
+"""One pure, jitted DiFFPO / d1 optimiser step over LoRA (+ threshold head) parameters.
+
+    train_step(trainable, opt_state, frozen, batch, rng) -> (trainable, opt_state, metrics)
+
+* `trainable` / `frozen`: the two `nnx.State`s of `nnx.split(policy, trainable_filter(joint), ...)`.
+  Only `trainable` (LoRA, head) is differentiated, updated and returned; the base weights are
+  the `frozen` input and are never an output, so they cannot change. trainable/opt_state are
+  donated.
+* `rng`: the key of this inner iteration, `inner_key(rollout_key, k)` (likelihood.py). The same
+  key must be given to `score_fn` when computing θ_old / reference log-probs for iteration k,
+  so the prompt mask p̃ and τ are identical for θ, θ_old and ref.
+* θ_old: computed by the CALLER (design choice). Keep a copy of `trainable` from rollout time
+  and call `score_fn(old_trainable, frozen, batch, rng)` once per inner iteration (or for all k
+  at rollout time, as d1 does); put its `old_logp` (and `ref_logp`, `head_old_logp`) in the
+  batch. Without `old_logp` the step is on-policy (old = stop_grad(θ), d1's μ = 1); without
+  `ref_logp` (and β > 0) the reference log-probs are computed inside the step (LoRA off).
+
+batch (per-row arrays, all sharded over ('data', 'fsdp') on their first axis):
+  prompt [B,P] i32, prompt_mask [B,P] bool, completion [B,L] i32, completion_mask [B,L] bool,
+  unmask_step [B,L] i32, behaviour_logp [B,L] f32, nfe [B] i32, rewards [B] f32;
+  optional: old_logp [B,L], ref_logp [B,L], row_id [B] i32 (global row index, default arange);
+  joint sampler: gamma_raw [B] f32 (unclipped draws), optional head_old_logp [B],
+  head_features [B,D] (else recomputed from [p, M…M], stop-gradient).
+Advantages are group-relative over consecutive groups of `num_generations` rows of the FULL
+batch; micro-batches are strided row subsets (row r goes to micro-batch r mod M) and the
+loss denominators are computed from the full batch first, so the summed gradients equal the
+full-batch gradient. A non-finite loss or gradient skips the update (`skipped = 1`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from diffpo_jax import sharding as shd
+from diffpo_jax.models.threshold_head import llm_prompt_features, trainable_filter
+from diffpo_jax.rl import losses as L
+from diffpo_jax.rl.config import RLConfig
+from diffpo_jax.rl.likelihood import surrogate_logps
+
+REQUIRED = ("prompt", "prompt_mask", "completion", "completion_mask", "unmask_step", "behaviour_logp", "nfe",
+            "rewards")
+
+
+def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
+    """AdamW (b1, b2, weight decay) after global-norm clipping; constant lr after linear warmup."""
+    lr = cfg.lr if cfg.warmup_steps == 0 else optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, weight_decay=cfg.weight_decay))
+
+
+class TrainState(NamedTuple):
+    graphdef: nnx.GraphDef
+    trainable: nnx.State
+    frozen: nnx.State
+    opt_state: optax.OptState
+    tx: optax.GradientTransformation
+
+
+def init_train_state(policy: nnx.Module, cfg: RLConfig, mesh: Optional[jax.sharding.Mesh] = None) -> TrainState:
+    """Split `policy` (a `Policy`) into trainable / frozen states and create the optimiser state,
+    placed on `mesh` (sharding.py rules; the head is replicated) when given."""
+    graphdef, trainable, frozen = nnx.split(policy, trainable_filter(cfg.joint_sampler), ...)
+    if not jax.tree.leaves(trainable):
+        raise ValueError("init_train_state: no trainable parameters; build the LLM with lora_rank > 0 "
+                         "(and a ThresholdHead when joint_sampler=True)")
+    if cfg.joint_sampler and getattr(policy, "head", None) is None:
+        raise ValueError("init_train_state: RLConfig.joint_sampler=True needs Policy(llm, head=ThresholdHead(...))")
+    tx = make_optimizer(cfg)
+    trainable = jax.tree.map(jnp.copy, trainable)  # train_step donates it: keep `policy` usable
+    if mesh is not None:
+        trainable = jax.device_put(trainable, shd.state_shardings(trainable, mesh))
+        frozen = jax.device_put(frozen, shd.state_shardings(frozen, mesh))
+        opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, trainable, mesh))(trainable)
+    else:
+        opt_state = jax.jit(tx.init)(trainable)
+    return TrainState(graphdef, trainable, frozen, opt_state, tx)
+
+
+def opt_state_shardings(tx, trainable: nnx.State, mesh: jax.sharding.Mesh):
+    """Optimiser-state shardings: moments like their parameter, everything else replicated."""
+    abstract = jax.eval_shape(tx.init, trainable)
+    replicated = NamedSharding(mesh, P())
+    return optax.tree_map_params(tx, lambda _, s: s, abstract, shd.state_shardings(trainable, mesh),
+                                 transform_non_params=lambda _: replicated)
+
+
+def validate_batch(batch: dict, cfg: RLConfig) -> None:
+    """Raise ValueError naming the field when the batch breaks the trajectory contract."""
+    missing = [k for k in REQUIRED if k not in batch]
+    if cfg.joint_sampler and "gamma_raw" not in batch:
+        missing.append("gamma_raw")
+    if missing:
+        raise ValueError(f"RL batch is missing {missing}; see diffpo_jax.rl.train_step docstring for the contract")
+    b, length = batch["completion"].shape
+    expect = {"completion_mask": (b, length), "unmask_step": (b, length), "behaviour_logp": (b, length),
+              "old_logp": (b, length), "ref_logp": (b, length), "nfe": (b,), "rewards": (b,), "row_id": (b,),
+              "gamma_raw": (b,), "head_old_logp": (b,), "prompt": (b, batch["prompt"].shape[1]),
+              "prompt_mask": (b, batch["prompt"].shape[1])}
+    for k, shape in expect.items():
+        if k in batch and tuple(batch[k].shape) != shape:
+            raise ValueError(f"RL batch field {k!r} has shape {tuple(batch[k].shape)}, expected {shape}")
+    if b % cfg.num_generations:
+        raise ValueError(f"RL batch has {b} rows, not a multiple of num_generations={cfg.num_generations}")
+    if b % cfg.micro_batches:
+        raise ValueError(f"RL batch has {b} rows, not divisible by micro_batches={cfg.micro_batches}")
+
+
+def advantages(batch: dict, cfg: RLConfig) -> tuple[jax.Array, Optional[jax.Array]]:
+    """(model advantage `[B]`, head advantage `[B]` or None), group-relative over the full batch."""
+    r_sampler = L.sampler_reward(batch["rewards"], batch["nfe"], cfg.nfe_lambda, cfg.nfe_ref)
+    r_model = r_sampler if cfg.model_reward == "task_minus_nfe" else batch["rewards"]
+    adv = L.group_advantages(r_model, cfg.num_generations, cfg.std_normalize)
+    head_adv = L.group_advantages(r_sampler, cfg.num_generations, cfg.std_normalize) if cfg.joint_sampler else None
+    return adv, head_adv
+
+
+def _loss_parts(policy, mb: dict, key, cfg: RLConfig):
+    """(policy LossOut, head LossOut | None, head stats) on one micro-batch."""
+    lp = surrogate_logps(cfg.method, policy.llm, mb, key, cfg)
+    old = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(lp)
+    ref = None
+    if cfg.beta > 0:
+        ref = mb["ref_logp"] if "ref_logp" in mb else surrogate_logps(cfg.method, policy.llm, mb, key, cfg, lora=False)
+        ref = jax.lax.stop_gradient(ref)
+    pol = L.get_policy_loss(cfg.method)(lp, old, ref, mb["behaviour_logp"], mb["advantages"], mb["completion_mask"],
+                                        mb["unmask_step"], cfg)
+    if not cfg.joint_sampler:
+        return pol, None, {}
+    feats = mb["head_features"] if "head_features" in mb else llm_prompt_features(
+        policy.llm, mb["prompt"], mb["prompt_mask"], mb["completion"].shape[1], use_padding_mask=cfg.use_padding_mask)
+    mu = policy.head(jax.lax.stop_gradient(feats))
+    dens = L.gaussian_log_density(mb["gamma_raw"], mu, cfg.sigma)
+    old_dens = mb["head_old_logp"] if "head_old_logp" in mb else jax.lax.stop_gradient(dens)
+    head = L.head_loss(dens, old_dens, mb["head_advantages"], cfg.num_generations, cfg.epsilon)
+    mu_ng = jax.lax.stop_gradient(mu)
+    stats = {"sum": {"mu_mean": mu_ng.sum()}, "max": {"mu_max": mu_ng.max(), "neg_mu_min": -mu_ng.min()}}
+    return pol, head, stats
+
+
+def _micro_batches(batch: dict, m: int) -> dict:
+    """[B, ...] -> [m, B/m, ...]; micro-batch j holds rows j, j+m, j+2m, …"""
+    def split(x):
+        b = x.shape[0]
+        return x.reshape(b // m, m, *x.shape[1:]).swapaxes(0, 1)
+    return {k: split(v) for k, v in batch.items()}
+
+
+def _combine(a, b):
+    """Accumulate aux trees: sums add, maxima take the max."""
+    return {"sum": jax.tree.map(jnp.add, a["sum"], b["sum"]), "max": jax.tree.map(jnp.maximum, a["max"], b["max"])}
+
+
+def make_train_step(graphdef: nnx.GraphDef, cfg: RLConfig, tx: optax.GradientTransformation,
+                    mesh: Optional[jax.sharding.Mesh] = None, *, trainable=None, frozen=None) -> Callable:
+    """Build the jitted step (see the module docstring). With a mesh, pass the example
+    `trainable` / `frozen` states (or abstract ones) so explicit shardings can be derived."""
+
+    def loss_fn(trainable, frozen, mb, key, denoms):
+        policy = nnx.merge(graphdef, trainable, frozen)
+        pol, head, stats = _loss_parts(policy, mb, key, cfg)
+        total = pol.loss_sum / denoms["policy"]
+        aux_sum = {k: (w.total, w.count) for k, w in pol.metrics.items()}
+        aux_sum["policy_loss_sum"] = (pol.loss_sum, pol.denom)
+        aux_max = dict(pol.maxima)
+        if head is not None:
+            total = total + cfg.head_coef * head.loss_sum / denoms["head"]
+            aux_sum.update({k: (w.total, w.count) for k, w in head.metrics.items()})
+            aux_sum["head_loss_sum"] = (head.loss_sum, head.denom)
+            aux_sum.update({k: (v, jnp.float32(mb["rewards"].shape[0])) for k, v in stats["sum"].items()})
+            aux_max.update(stats["max"])
+        return total, {"sum": aux_sum, "max": aux_max}
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(trainable, opt_state, frozen, batch, rng):
+        batch = dict(batch)
+        b = batch["completion"].shape[0]
+        batch.setdefault("row_id", jnp.arange(b, dtype=jnp.int32))
+        adv, head_adv = advantages(batch, cfg)
+        batch["advantages"] = adv
+        if head_adv is not None:
+            batch["head_advantages"] = head_adv
+        denoms = {"policy": jnp.maximum(L.policy_loss_denominator(batch["completion_mask"], cfg.loss_agg), 1.0),
+                  "head": jnp.float32(b / cfg.num_generations)}
+        if cfg.micro_batches == 1:
+            (loss, aux), grads = grad_fn(trainable, frozen, batch, rng, denoms)
+        else:
+            mbs = _micro_batches(batch, cfg.micro_batches)
+
+            def body(carry, mb):
+                g_acc, l_acc, a_acc = carry
+                (l, a), g = grad_fn(trainable, frozen, mb, rng, denoms)
+                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, _combine(a_acc, a)), None
+
+            first = jax.tree.map(lambda x: x[0], mbs)
+            rest = jax.tree.map(lambda x: x[1:], mbs)
+            (loss, aux), grads = grad_fn(trainable, frozen, first, rng, denoms)
+            (grads, loss, aux), _ = jax.lax.scan(body, (grads, loss, aux), rest)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = tx.update(grads, opt_state, trainable)
+        new_tr = optax.apply_updates(trainable, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+        metrics = _finalise_metrics(aux, loss, grad_norm, ok, batch, cfg)
+        return keep(new_tr, trainable), keep(new_opt, opt_state), metrics
+
+    if mesh is None:
+        jitted = jax.jit(step, donate_argnums=(0, 1))
+    else:
+        if trainable is None or frozen is None:
+            raise ValueError("make_train_step: with a mesh, pass trainable= and frozen= to derive shardings")
+        tr_sh = shd.state_shardings(trainable, mesh)
+        opt_sh = opt_state_shardings(tx, trainable, mesh)
+        replicated = NamedSharding(mesh, P())
+        jitted = jax.jit(step, donate_argnums=(0, 1),
+                         in_shardings=(tr_sh, opt_sh, shd.state_shardings(frozen, mesh),
+                                       NamedSharding(mesh, P(("data", "fsdp"))), replicated),
+                         out_shardings=(tr_sh, opt_sh, replicated))
+
+    def train_step(trainable, opt_state, frozen, batch, rng):
+        validate_batch(batch, cfg)
+        with shd.use_mesh(mesh):
+            return jitted(trainable, opt_state, frozen, batch, rng)
+
+    train_step.jitted = jitted
+    return train_step
+
+
+def _finalise_metrics(aux, loss, grad_norm, ok, batch, cfg: RLConfig) -> dict:
+    """Scalar metrics: weighted means (total / count), maxima, rewards, NFE, γ statistics."""
+    out = {k: t / jnp.maximum(c, 1e-9) for k, (t, c) in aux["sum"].items()}
+    out["policy_loss"] = out.pop("policy_loss_sum")
+    if "head_loss_sum" in out:
+        out["head_loss"] = out.pop("head_loss_sum")
+    out["tokens_per_row"] = out.pop("tokens")
+    out.update(aux["max"])
+    if "neg_mu_min" in out:
+        out["mu_min"] = -out.pop("neg_mu_min")
+    r = batch["rewards"].astype(jnp.float32)
+    nfe = batch["nfe"].astype(jnp.float32)
+    out.update(loss=loss, grad_norm=grad_norm, skipped=1 - ok.astype(jnp.int32), reward_mean=r.mean(),
+               reward_std=r.std(), adv_abs_mean=jnp.abs(batch["advantages"]).mean(), nfe_mean=nfe.mean(),
+               nfe_max=nfe.max())
+    if cfg.joint_sampler:
+        g = jnp.clip(batch["gamma_raw"], 0.0, cfg.gamma_max)
+        out.update(gamma_mean=g.mean(), gamma_std=g.std(), gamma_min=g.min(), gamma_max=g.max(),
+                   sampler_reward_mean=L.sampler_reward(r, batch["nfe"], cfg.nfe_lambda, cfg.nfe_ref).mean())
+    return out
+
+
+def make_score_fn(graphdef: nnx.GraphDef, cfg: RLConfig, mesh: Optional[jax.sharding.Mesh] = None) -> Callable:
+    """score(trainable, frozen, batch, rng) -> {'old_logp' [B,L], 'ref_logp' [B,L] (β > 0),
+    'head_old_logp' [B] (joint, when batch has gamma_raw)}: the surrogate log-probs of the given
+    (θ_old) parameters and of the reference, with the same inner-iteration key as train_step."""
+
+    def score(trainable, frozen, batch, rng):
+        policy = nnx.merge(graphdef, trainable, frozen)
+        batch = dict(batch)
+        batch.setdefault("row_id", jnp.arange(batch["completion"].shape[0], dtype=jnp.int32))
+        out = {"old_logp": surrogate_logps(cfg.method, policy.llm, batch, rng, cfg)}
+        if cfg.beta > 0:
+            out["ref_logp"] = surrogate_logps(cfg.method, policy.llm, batch, rng, cfg, lora=False)
+        if cfg.joint_sampler and "gamma_raw" in batch:
+            feats = batch["head_features"] if "head_features" in batch else llm_prompt_features(
+                policy.llm, batch["prompt"], batch["prompt_mask"], batch["completion"].shape[1],
+                use_padding_mask=cfg.use_padding_mask)
+            out["head_old_logp"] = L.gaussian_log_density(batch["gamma_raw"], policy.head(feats), cfg.sigma)
+        return jax.lax.stop_gradient(out)
+
+    jitted = jax.jit(score)
+
+    def score_fn(trainable, frozen, batch, rng):
+        with shd.use_mesh(mesh):
+            return jitted(trainable, frozen, batch, rng)
+
+    return score_fn
