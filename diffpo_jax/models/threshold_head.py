@@ -2,7 +2,8 @@
 
     f      = mean over non-padding prompt positions of the final hidden states of [p, M…M]
              (stop-gradient into the LLM)                                          `[B, D]`
-    u      = W2 · gelu(W1 f + b1) + b2                                             `[B]`
+    x      = f / rms(f)   (parameter-free; makes the init independent of the hidden-state scale)
+    u      = W2 · gelu(W1 x + b1) + b2                                             `[B]`
     μ_φ(p) = γ_max · sigmoid(u)
 Init: b2 = logit(γ_init / γ_max) and small W2, so μ ≈ γ_init for every prompt.
 Rollouts draw γ_g = clip(μ + σ ε_g, 0, γ_max), ε ~ N(0, 1), G per prompt; evaluation uses μ.
@@ -40,6 +41,7 @@ class ThresholdHead(nnx.Module):
     def __call__(self, features: jax.Array) -> jax.Array:
         """features `[B, D]` -> μ `[B] f32` in (0, γ_max)."""
         x = features.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
         u = jax.nn.gelu(x @ self.w1[...] + self.b1[...]) @ self.w2[...] + self.b2[...]
         return self.gamma_max * jax.nn.sigmoid(u[:, 0])
 

@@ -156,10 +156,13 @@ def _combine(a, b):
     return {"sum": jax.tree.map(jnp.add, a["sum"], b["sum"]), "max": jax.tree.map(jnp.maximum, a["max"], b["max"])}
 
 
-def make_train_step(graphdef: nnx.GraphDef, cfg: RLConfig, tx: optax.GradientTransformation,
-                    mesh: Optional[jax.sharding.Mesh] = None, *, trainable=None, frozen=None) -> Callable:
-    """Build the jitted step (see the module docstring). With a mesh, pass the example
-    `trainable` / `frozen` states (or abstract ones) so explicit shardings can be derived."""
+def make_grad_fn(graphdef: nnx.GraphDef, cfg: RLConfig) -> Callable:
+    """grads_fn(trainable, frozen, batch, rng) -> (loss, grads, aux) (unjitted, pure).
+
+    loss = Σ_mb policy_sum_mb / D_policy + head_coef · Σ_mb head_sum_mb / D_head, where the
+    denominators D come from the full batch (they do not depend on parameters), so the
+    micro-batched gradient is exactly the full-batch gradient.
+    """
 
     def loss_fn(trainable, frozen, mb, key, denoms):
         policy = nnx.merge(graphdef, trainable, frozen)
@@ -178,30 +181,47 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: RLConfig, tx: optax.GradientTra
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(trainable, opt_state, frozen, batch, rng):
-        batch = dict(batch)
+    def grads_fn(trainable, frozen, batch, rng):
+        batch = prepare_batch(batch, cfg)
         b = batch["completion"].shape[0]
-        batch.setdefault("row_id", jnp.arange(b, dtype=jnp.int32))
-        adv, head_adv = advantages(batch, cfg)
-        batch["advantages"] = adv
-        if head_adv is not None:
-            batch["head_advantages"] = head_adv
         denoms = {"policy": jnp.maximum(L.policy_loss_denominator(batch["completion_mask"], cfg.loss_agg), 1.0),
                   "head": jnp.float32(b / cfg.num_generations)}
         if cfg.micro_batches == 1:
             (loss, aux), grads = grad_fn(trainable, frozen, batch, rng, denoms)
-        else:
-            mbs = _micro_batches(batch, cfg.micro_batches)
+            return loss, grads, (aux, batch)
+        mbs = _micro_batches(batch, cfg.micro_batches)
 
-            def body(carry, mb):
-                g_acc, l_acc, a_acc = carry
-                (l, a), g = grad_fn(trainable, frozen, mb, rng, denoms)
-                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, _combine(a_acc, a)), None
+        def body(carry, mb):
+            g_acc, l_acc, a_acc = carry
+            (l, a), g = grad_fn(trainable, frozen, mb, rng, denoms)
+            return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, _combine(a_acc, a)), None
 
-            first = jax.tree.map(lambda x: x[0], mbs)
-            rest = jax.tree.map(lambda x: x[1:], mbs)
-            (loss, aux), grads = grad_fn(trainable, frozen, first, rng, denoms)
-            (grads, loss, aux), _ = jax.lax.scan(body, (grads, loss, aux), rest)
+        (loss, aux), grads = grad_fn(trainable, frozen, jax.tree.map(lambda x: x[0], mbs), rng, denoms)
+        (grads, loss, aux), _ = jax.lax.scan(body, (grads, loss, aux), jax.tree.map(lambda x: x[1:], mbs))
+        return loss, grads, (aux, batch)
+
+    return grads_fn
+
+
+def prepare_batch(batch: dict, cfg: RLConfig) -> dict:
+    """Add row_id (default arange) and the full-batch advantages (and head advantages)."""
+    batch = dict(batch)
+    batch.setdefault("row_id", jnp.arange(batch["completion"].shape[0], dtype=jnp.int32))
+    adv, head_adv = advantages(batch, cfg)
+    batch["advantages"] = adv
+    if head_adv is not None:
+        batch["head_advantages"] = head_adv
+    return batch
+
+
+def make_train_step(graphdef: nnx.GraphDef, cfg: RLConfig, tx: optax.GradientTransformation,
+                    mesh: Optional[jax.sharding.Mesh] = None, *, trainable=None, frozen=None) -> Callable:
+    """Build the jitted step (see the module docstring). With a mesh, pass the example
+    `trainable` / `frozen` states (or abstract ones) so explicit shardings can be derived."""
+    grads_fn = make_grad_fn(graphdef, cfg)
+
+    def step(trainable, opt_state, frozen, batch, rng):
+        loss, grads, (aux, batch) = grads_fn(trainable, frozen, batch, rng)
         grad_norm = optax.global_norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, opt_state, trainable)
