@@ -202,6 +202,34 @@ def test_lora_merge_export_and_peft_adapter(hf_dir, tmp_path):
     np.testing.assert_allclose(w1, w0 + lora_b @ lora_a * 8.0 / 4, atol=1e-6)
 
 
+REMOTE = os.environ.get("LLADA_REMOTE_CODE")
+
+
+@pytest.mark.skipif(not REMOTE, reason="set LLADA_REMOTE_CODE=<dir with LLaDA's configuration_llada.py and "
+                                       "modeling_llada.py> to check the export against the released code")
+def test_export_runs_in_released_remote_code(hf_dir, torch_model, tmp_path):
+    pytest.importorskip("einops")  # the remote code imports it
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    out = str(tmp_path / "out")
+    save_hf(load_hf(hf_dir, **F32), out, source_dir=hf_dir)
+    for name in ("configuration_llada.py", "modeling_llada.py"):
+        shutil.copy(os.path.join(REMOTE, name), os.path.join(out, name))
+    if transformers.__version__.startswith("4."):
+        model = AutoModel.from_pretrained(out, trust_remote_code=True, torch_dtype=torch.float32)
+    else:  # transformers 5 cannot from_pretrained the 4.x remote code (research/llada.md): build + load
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+        config.init_device = "cpu"
+        model = get_class_from_dynamic_module("modeling_llada.LLaDAModelLM", out)(config)
+        model.load_state_dict(load_hf_state_dict(out), strict=True)
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(TOKENS.astype(np.int64)), use_cache=False).logits.numpy()
+    np.testing.assert_allclose(logits, torch_logits(torch_model), atol=1e-5, rtol=0)
+
+
 def test_cli_import_export_round_trip(hf_dir, tmp_path):
     ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "out")
     assert cli_main(["import", "--hf_dir", hf_dir, "--out", ckpt, "--param_dtype", "float32", "--mesh", "2,2,2"]) == 0
