@@ -243,6 +243,10 @@ def test_cli_import_export_round_trip(hf_dir, tmp_path):
     ref = load_hf(hf_dir, **F32)
     np.testing.assert_array_equal(np.asarray(model.lm_head[...]), np.asarray(ref.lm_head[...]))
     assert cli_main(["import", "--hf_dir", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(SystemExit, match=r"--mesh '2,2,3'.*needs 12 devices, but 8 are available"):
+        cli_main(["import", "--hf_dir", hf_dir, "--out", str(tmp_path / "y"), "--mesh", "2,2,3"])
+    with pytest.raises(ConversionError, match="is the source_dir"):
+        save_hf(model, hf_dir, source_dir=hf_dir)
 
 
 def test_cli_help():

@@ -29,13 +29,12 @@ def _mesh(spec: str):
 
     if spec == "none":
         return None
-    if spec == "auto":
-        return shd.make_mesh(data=1, fsdp=-1, tp=1)
     try:
-        data, fsdp, tp = (int(s) for s in spec.split(","))
-    except ValueError:
-        raise SystemExit(f"--mesh {spec!r}: expected 'auto', 'none' or 'DATA,FSDP,TP' (e.g. 1,8,1)")
-    return shd.make_mesh(data=data, fsdp=fsdp, tp=tp)
+        data, fsdp, tp = (1, -1, 1) if spec == "auto" else (int(s) for s in spec.split(","))
+        return shd.make_mesh(data=data, fsdp=fsdp, tp=tp)
+    except ValueError as e:
+        raise SystemExit(f"--mesh {spec!r}: expected 'auto', 'none' or 'DATA,FSDP,TP' (e.g. 1,8,1) "
+                         f"matching the device count: {e}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,6 +94,8 @@ def save_hf(model: LLaDA, out_dir: str, source_dir: Optional[str] = None, merge_
     """
     if source_dir is not None and not os.path.isdir(source_dir):
         raise ConversionError(f"source_dir {source_dir}: not a directory")
+    if source_dir is not None and os.path.realpath(source_dir) == os.path.realpath(out_dir):
+        raise ConversionError(f"out_dir {out_dir} is the source_dir; export into a new directory")
     writer = jax.process_index() == 0
     if writer:
         os.makedirs(out_dir, exist_ok=True)
