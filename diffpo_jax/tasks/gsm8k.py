@@ -123,7 +123,8 @@ def _to_float(s: str) -> Optional[float]:
 def extract_eval_answer(completion: str) -> Optional[float]:
     """d1's `parse_gsm_answers` extraction: the first `\\boxed{...}` (content on one line, not
     empty or dots) read as a number, else its first number; otherwise the content of the first
-    `<answer>...</answer>` read as a number, else its last number; else None."""
+    `<answer>...</answer>` read as a number, else its last number; else None. As in d1,
+    `\\boxed{1,000}` reads as 1 (the gold answer has its commas removed)."""
     s = T.cap(completion)
     for content in T.findall_between(s, "\\boxed{", "}", dotall=False):
         content = content.strip()
