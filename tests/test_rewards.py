@@ -238,6 +238,9 @@ def test_batch_rewards_shapes():
     item = {"numbers": [1, 2, 3], "target": 6}
     total, comps = batch_rewards("countdown", ["<answer>1+2+3</answer>", "<answer>1*2</answer>", "x"], [item] * 3)
     assert total.tolist() == pytest.approx([1.0, 0.1, 0.0]) and set(comps) == {"correctness", "format"}
+    assert total.dtype == comps["format"].dtype == "float32" and comps["correctness"].tolist() == [1, 0, 0]
+    recs = [score("countdown", c, item) for c in ["\\boxed{1+2+3}", "\\boxed{1*2*3}", "\\boxed{3}"]]
+    assert aggregate("countdown", recs) == {"n": 3.0, "accuracy": pytest.approx(2 / 3)}
 
 
 # ------------------------------------------------------------------------- adversarial

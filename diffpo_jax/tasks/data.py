@@ -168,12 +168,12 @@ def shard(ds: grain.MapDataset, options: Optional[grain.sharding.ShardOptions] =
 
 
 class _Tokenize:
-    def __init__(self, task: str, tokenizer, split: str, max_prompt_length: int, add_reasoning):
-        self.task, self.tok, self.split = task, tokenizer, split
+    def __init__(self, task: str, tokenizer, split: str, max_prompt_length: int, add_reasoning, style="d1"):
+        self.task, self.tok, self.split, self.style = task, tokenizer, split, style
         self.max_len, self.add_reasoning = max_prompt_length, add_reasoning
 
     def __call__(self, item: dict) -> dict:
-        prompt = format_prompt(self.task, item, self.tok, self.split, self.add_reasoning)
+        prompt = format_prompt(self.task, item, self.tok, self.split, self.add_reasoning, self.style)
         ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
         return {"item": item, "prompt": prompt, "ids": np.asarray(ids[-self.max_len:], np.int32)}
 
@@ -214,26 +214,29 @@ def _pad_id(tokenizer) -> int:
 def grpo_dataset(task: str, tokenizer, *, n_prompts: int, group_size: int, max_prompt_length: int = 200,
                  source: Optional[grain.MapDataset] = None, data_dir: Optional[str] = None, seed: int = 42,
                  num_epochs: Optional[int] = None, shard_options=None, split: str = "train",
-                 add_reasoning=None, pad_to_max: bool = True, **source_kwargs) -> grain.MapDataset:
+                 add_reasoning=None, pad_to_max: bool = True, prompt_style: str = "d1",
+                 source_seed: int = 0, **source_kwargs) -> grain.MapDataset:
     """GRPO prompt batches: source -> per-host shard -> shuffle(seed, reshuffled each epoch)
     -> repeat(num_epochs; None = forever) -> chat-format + tokenize (left-truncated to
     `max_prompt_length`) -> batches of `n_prompts` prompts x `group_size` copies. With
-    `pad_to_max` P = max_prompt_length (one compiled shape), else the batch's longest prompt."""
+    `pad_to_max` P = max_prompt_length (one compiled shape), else the batch's longest prompt.
+    `prompt_style="compact"` uses short prompts (tiny demo models). Without `source`, the items
+    come from `train_source(task, data_dir, seed=source_seed, **source_kwargs)` (e.g. `size=`)."""
     name = get_task(task).name
-    src = source if source is not None else train_source(name, data_dir, **source_kwargs)
+    src = source if source is not None else train_source(name, data_dir, seed=source_seed, **source_kwargs)
     ds = shard(src, shard_options).shuffle(seed=seed).repeat(num_epochs)
-    ds = ds.map(_Tokenize(name, tokenizer, split, max_prompt_length, add_reasoning))
+    ds = ds.map(_Tokenize(name, tokenizer, split, max_prompt_length, add_reasoning, prompt_style))
     collate_fn = _Collate(group_size, _pad_id(tokenizer), max_prompt_length if pad_to_max else None)
     return ds.batch(n_prompts, drop_remainder=True, batch_fn=collate_fn)
 
 
 def eval_batches(task: str, items: Sequence[dict], tokenizer, batch_size: int, *,
-                 max_prompt_length: Optional[int] = None, add_reasoning=True):
+                 max_prompt_length: Optional[int] = None, add_reasoning=True, prompt_style: str = "d1"):
     """Evaluation batches in item order (d1 prompts with the `<reasoning>` prefill). The last
     batch is filled up with copies of its last item; `batch["valid"]` (bool [B]) marks real
     rows. P = the longest prompt of the batch (or `max_prompt_length`, left-truncating)."""
     name = get_task(task).name
-    tok = _Tokenize(name, tokenizer, "eval", max_prompt_length or 1 << 30, add_reasoning)
+    tok = _Tokenize(name, tokenizer, "eval", max_prompt_length or 1 << 30, add_reasoning, prompt_style)
     for start in range(0, len(items), batch_size):
         chunk = [tok(it) for it in items[start:start + batch_size]]
         valid = np.arange(batch_size) < len(chunk)

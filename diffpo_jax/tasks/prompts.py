@@ -107,14 +107,34 @@ def eval_user_message(task: str, item: dict) -> str:
     raise KeyError(f"unknown task {task!r}; expected one of gsm8k, math500, countdown, sudoku")
 
 
-def messages(task: str, item: dict, split: str = "eval") -> list[dict]:
+def compact_user_message(task: str, item: dict) -> str:
+    """A short prompt for tiny demo models (not d1's): just the problem data."""
+    if task == "gsm8k":
+        return item["question"]
+    if task == "math500":
+        return item["problem"]
+    if task == "countdown":
+        return f"Numbers: {_numbers(item)}\nTarget: {int(item['target'])}"
+    if task == "sudoku":
+        return f"Sudoku: {item['puzzle']}"
+    raise KeyError(f"unknown task {task!r}; expected one of gsm8k, math500, countdown, sudoku")
+
+
+def messages(task: str, item: dict, split: str = "eval", style: str = "d1") -> list[dict]:
+    """The chat messages: d1's train or eval prompt (`style="d1"`), or `style="compact"`."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    content = train_user_message(task, item) if split == "train" else eval_user_message(task, item)
+    if style == "compact":
+        content = compact_user_message(task, item)
+    elif style == "d1":
+        content = train_user_message(task, item) if split == "train" else eval_user_message(task, item)
+    else:
+        raise ValueError(f"prompt style must be 'd1' or 'compact', got {style!r}")
     return [{"role": "user", "content": content}]
 
 
-def format_prompt(task: str, item: dict, tokenizer, split: str = "eval", add_reasoning=None) -> str:
+def format_prompt(task: str, item: dict, tokenizer, split: str = "eval", add_reasoning=None,
+                  style: str = "d1") -> str:
     """The prompt string: chat template (with the assistant header) applied to the task's user
     message, plus the `<reasoning>` prefill when `add_reasoning` (default: eval yes, train no,
     as d1)."""
@@ -123,5 +143,6 @@ def format_prompt(task: str, item: dict, tokenizer, split: str = "eval", add_rea
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the tokenizer has no chat_template: load the model's tokenizer directory "
                          "(tokenizer_config.json with 'chat_template'), e.g. diffpo_jax/assets/tiny_tokenizer")
-    text = tokenizer.apply_chat_template(messages(task, item, split), add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(messages(task, item, split, style), add_generation_prompt=True,
+                                         tokenize=False)
     return text + REASONING_PREFILL if add_reasoning else text

@@ -33,11 +33,12 @@ class Task:
     def correct(self, completion: str, item: dict) -> bool:
         return bool(self.score(completion, item)["correct"])
 
-    def messages(self, item: dict, split: str = "eval") -> list[dict]:
-        return prompts.messages(self.name, item, split)
+    def messages(self, item: dict, split: str = "eval", style: str = "d1") -> list[dict]:
+        return prompts.messages(self.name, item, split, style)
 
-    def format_prompt(self, item: dict, tokenizer, split: str = "eval", add_reasoning=None) -> str:
-        return prompts.format_prompt(self.name, item, tokenizer, split, add_reasoning)
+    def format_prompt(self, item: dict, tokenizer, split: str = "eval", add_reasoning=None,
+                      style: str = "d1") -> str:
+        return prompts.format_prompt(self.name, item, tokenizer, split, add_reasoning, style)
 
 
 TASKS: dict[str, Task] = {
