@@ -1,4 +1,4 @@
-"""A small, bounded LaTeX -> sympy converter for final answers, and answer equivalence.
+"""A small, bounded LaTeX -> sympy converter for final answers (`parse`).
 
 Covers the forms MATH answers use: integers/decimals, `\\frac` (`\\frac12`, `\\frac{a}{b}`,
 `\\dfrac`), `\\sqrt{x}`, `\\sqrt[n]{x}`, `\\pi`, `\\infty`, `i`, powers, implicit products,
@@ -8,8 +8,8 @@ degrees, percent, dollars, thousands separators, `x \\in`, short `x =` prefixes.
 
 Everything is bounded: input length (MAX_LEN), nesting depth (MAX_DEPTH), literal size
 (MAX_DIGITS), exponents (MAX_EXP) and exact-result size (MAX_RESULT_BITS); anything beyond
-raises `TooBig`. This module imports sympy and is meant to run inside the worker process of
-`math_equiv` (which adds a hard wall-clock limit on top).
+raises `TooBig`. Comparison lives in `sympy_equiv`; both import sympy and run inside the
+worker process of `math_equiv` (which adds a hard wall-clock limit on top).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ MAX_DIGITS = 60
 MAX_EXP = 1000
 MAX_RESULT_BITS = 8000
 MAX_FACTORIAL = 200
-REL_TOL = 1e-9
 
 
 class ParseError(ValueError):
@@ -54,7 +53,7 @@ _REMOVE = ["\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\quad", "\\qquad",
            "\\limits", "^{\\circ}", "^\\circ", "\\circ", "\u00b0", "\\%", "%", "\\$", "$", "~"]
 _REPLACE = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cdot", "*"), ("\\times", "*"),
             ("\\div", "/"), ("\\le ", "<"), ("\\ge ", ">"), ("\\dots", ""), ("\\ldots", "")]
-_TEXT_CMDS = ("\\text", "\\textbf", "\\textit", "\\textrm", "\\mbox", "\\mathrm", "\\mathbf",
+TEXT_CMDS = ("\\text", "\\textbf", "\\textit", "\\textrm", "\\mbox", "\\mathrm", "\\mathbf",
               "\\operatorname", "\\boldsymbol", "\\mathit")
 _UNIT = re.compile(r"[A-Za-z ]+")
 _UNIT_POWER = re.compile(r"\^\{?[23]\}?")
@@ -79,7 +78,7 @@ def _unwrap_text(s: str) -> str:
     """`\\text{x}` -> `x`; a purely alphabetic `\\text{ cm}` next to other content is a unit and
     is dropped (with a following `^2` / `^3`)."""
     for _ in range(20):
-        hits = [(s.find(c + "{"), c) for c in _TEXT_CMDS if s.find(c + "{") >= 0]
+        hits = [(s.find(c + "{"), c) for c in TEXT_CMDS if s.find(c + "{") >= 0]
         if not hits:
             return s
         i, cmd = min(hits)
@@ -422,115 +421,7 @@ class _Parser:
         return node("matrix", rows)
 
 
-# --------------------------------------------------------------------------- equivalence
 @functools.lru_cache(maxsize=4096)
 def parse(s: str):
     """LaTeX answer -> sympy expression or `Node` (ParseError / TooBig when it cannot)."""
     return _Parser(tokenize(clean(s))).top()
-
-
-def text_key(s: str) -> str:
-    """Lower-case letters and digits of an answer with `\\text{}` wrappers and brackets
-    removed: `\\text{(C)}` -> `c`, `\\text{Evelyn}` -> `evelyn`."""
-    for cmd in _TEXT_CMDS:
-        s = s.replace(cmd + "{", "{")
-    return "".join(ch for ch in s.lower() if ch.isascii() and ch.isalnum())
-
-
-_PROBES = [sp.Rational(3, 7), sp.Rational(-5, 11), sp.Rational(13, 5), sp.Rational(17, 19),
-           sp.Rational(-23, 9), sp.Rational(29, 31)]
-
-
-def _close(x, y) -> bool:
-    """Exact when the difference is rational, else |x - y| <= 1e-9 max(1, |x|, |y|) at 30 digits."""
-    diff = x - y
-    if isinstance(diff, sp.Rational):
-        return diff == 0
-    x, y = sp.N(x, 30), sp.N(y, 30)
-    if not (x.is_number and y.is_number) or x.has(sp.nan, sp.zoo) or y.has(sp.nan, sp.zoo):
-        return False
-    return bool(abs(x - y) <= REL_TOL * max(1, abs(x), abs(y)))
-
-
-def expr_equal(x, y) -> bool:
-    """Exact structural match, else numeric equality (relative 1e-9, 30 digits); with free
-    symbols, equality at 3 fixed rational points (falling back to `simplify`)."""
-    if x == y:
-        return True
-    if x.has(sp.oo, -sp.oo, sp.zoo, sp.nan) or y.has(sp.oo, -sp.oo, sp.zoo, sp.nan):
-        return False
-    symbols = sorted(x.free_symbols | y.free_symbols, key=lambda v: v.name)
-    if not symbols:
-        return _close(x, y)
-    if len(symbols) > 8:
-        return False
-    results = []
-    for k in range(3):
-        point = {v: _PROBES[(j + k) % len(_PROBES)] + k for j, v in enumerate(symbols)}
-        a, b = x.subs(point), y.subs(point)
-        if not (sp.N(a).is_finite and sp.N(b).is_finite):
-            return sp.simplify(x - y) == 0
-        results.append(_close(a, b))
-    return all(results)
-
-
-def _unordered_equal(xs, ys) -> bool:
-    if len(xs) != len(ys):
-        return False
-    left = list(ys)
-    for x in xs:
-        for j, y in enumerate(left):
-            if values_equal(x, y):
-                del left[j]
-                break
-        else:
-            return False
-    return True
-
-
-_UNORDERED = ("list", "set", "pm")
-
-
-def values_equal(a, b) -> bool:
-    """Equality of parsed answers (see `parse`)."""
-    a_node, b_node = isinstance(a, Node), isinstance(b, Node)
-    if not a_node and not b_node:
-        return expr_equal(a, b)
-    if not (a_node and b_node):
-        return False
-    if a.kind in _UNORDERED and b.kind in _UNORDERED:
-        return _unordered_equal(a.items, b.items)
-    if a.kind != b.kind:
-        return False
-    if a.kind == "union":
-        return _unordered_equal(a.items, b.items)
-    if a.kind == "eq":
-        da, db = a.items[0] - a.items[1], b.items[0] - b.items[1]
-        if expr_equal(da, db) or expr_equal(da, -db):
-            return True
-        ratio = sp.simplify(da / db) if db != 0 else None
-        return ratio is not None and ratio.is_number and ratio != 0 and bool(ratio.is_finite)
-    if a.kind == "tuple" and a.meta != b.meta:
-        return False
-    if a.kind == "matrix":
-        return (len(a.items) == len(b.items)
-                and all(len(r) == len(q) and all(map(expr_equal, r, q)) for r, q in zip(a.items, b.items)))
-    return len(a.items) == len(b.items) and all(map(values_equal, a.items, b.items))
-
-
-def _squash(s: str) -> str:
-    return "".join(ch for ch in s if ch not in "{} \t$")
-
-
-def equivalent(pred: str, gold: str) -> bool:
-    """True when two LaTeX answers denote the same value (never raises)."""
-    try:
-        kp, kg = text_key(pred), text_key(gold)
-        if kp and kp == kg and kp.isalpha():
-            return True
-        if "_" in pred and "_" in gold:  # numbers in a base, 4210_{5}
-            return _squash(pred) == _squash(gold)
-        return values_equal(parse(pred), parse(gold))
-    except (ParseError, RecursionError, TypeError, ValueError, ZeroDivisionError, AttributeError,
-            OverflowError, MemoryError):
-        return False

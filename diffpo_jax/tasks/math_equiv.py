@@ -6,7 +6,7 @@ runs in a separate worker process under a hard wall-clock limit.
 1. Both strings are normalised as d1/Hendrycks do (`\\dfrac`->`\\frac`, `\\left`/`\\right`,
    degrees, units after `\\text{ `, spaces, `\\frac12`->`\\frac{1}{2}`, `0.5`->`\\frac{1}{2}`,
    `a/b`->`\\frac{a}{b}`, short `x=` prefixes); equal strings are equivalent (no sympy).
-2. Otherwise `latex_sympy.equivalent` decides in the worker (`python -m
+2. Otherwise `sympy_equiv.equivalent` decides in the worker (`python -m
    diffpo_jax.tasks.sympy_worker`, memory-capped). A reply later than `timeout` seconds kills
    the worker (a new one starts at once, in the background) and the answer counts as not
    equivalent. The time limit covers the check, not the worker's one-time start (sympy import).
@@ -144,7 +144,7 @@ class SympyWorker:
         return True
 
     def equivalent(self, a: str, b: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
-        """`latex_sympy.equivalent(a, b)` in the worker; False after `timeout` seconds."""
+        """`sympy_equiv.equivalent(a, b)` in the worker; False after `timeout` seconds."""
         with self._lock:
             if not self._ensure_ready():
                 raise RuntimeError("sympy worker did not start: run `python -m "

@@ -2,7 +2,7 @@
 
 Protocol (bytes on stdin/stdout, one JSON object per line): after importing sympy it writes
 `{"ready": true}`; then for each request `{"a": str, "b": str}` it writes `{"r": bool}`
-(`latex_sympy.equivalent(a, b)`). The parent (`math_equiv.SympyWorker`) kills it when a
+(`sympy_equiv.equivalent(a, b)`). The parent (`math_equiv.SympyWorker`) kills it when a
 reply takes longer than the call's time limit. Address space is capped (default 2048 MiB).
 """
 
@@ -22,7 +22,7 @@ def _limit_memory(mib: int) -> None:
 def main() -> None:
     _limit_memory(int(sys.argv[1]) if len(sys.argv) > 1 else 2048)
     sys.setrecursionlimit(10_000)
-    from diffpo_jax.tasks.latex_sympy import equivalent
+    from diffpo_jax.tasks.sympy_equiv import equivalent
 
     out = sys.stdout.buffer
     out.write(b'{"ready": true}\n')
