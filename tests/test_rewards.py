@@ -158,6 +158,8 @@ def test_math_equivalences():
     for a, b in EQUIVALENT:
         assert math_equiv.is_equiv(a, b, timeout=5.0), (a, b)
         assert math_equiv.is_equiv(b, a, timeout=5.0), (b, a)
+    assert math500.score("\\boxed{0.5}", {"answer": "\\frac{1}{2}"}, use_sympy=False)["correct"]  # Hendrycks rule
+    assert not math500.score("\\boxed{\\sqrt2/2}", {"answer": "\\frac{\\sqrt{2}}{2}"}, use_sympy=False)["correct"]
     for a, b in DIFFERENT:
         assert not math_equiv.is_equiv(a, b, timeout=5.0), (a, b)
 
@@ -168,7 +170,7 @@ def test_math500_answers_score_themselves(test_sets):
         assert math500.gold_answer(item) == item["answer"]
         done = FMT.format(r="r", a="\\boxed{%s}" % item["answer"])
         assert TASKS["math500"].reward_components(done, item) == {"correctness": 2.0, "format": 1.0}, item
-        assert score("math500", done, item)["correct"]
+        assert score("math500", done, item)["correct"] and math500.score(done, item, use_sympy=False)["correct"]
     for item in items[:40]:
         assert math500.correctness(FMT.format(r="r", a="\\boxed{%s+1}" % item["answer"]), item) == 0.0, item
 

@@ -65,7 +65,9 @@ def extract_eval_answer(completion: str) -> Optional[str]:
     return parsed
 
 
-def score(completion: str, item: dict, timeout: float = math_equiv.DEFAULT_TIMEOUT) -> dict:
+def score(completion: str, item: dict, timeout: float = math_equiv.DEFAULT_TIMEOUT,
+          use_sympy: bool = True) -> dict:
+    """Eval record. `use_sympy=False` gives d1's string-only `is_equiv` (for parity checks)."""
     pred = extract_eval_answer(completion)
-    ok = pred is not None and math_equiv.is_equiv(pred, gold_answer(item), timeout=timeout)
+    ok = pred is not None and math_equiv.is_equiv(pred, gold_answer(item), timeout=timeout, use_sympy=use_sympy)
     return {"correct": bool(ok), "extracted": pred}
