@@ -67,16 +67,19 @@ def cpu_name() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def time_fn(fn, warmup: int, iters: int) -> float:
-    """Median seconds per call; fn must block until its result is ready."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def time_interleaved(fns: dict, warmup: int, iters: int) -> dict:
+    """Median seconds per call of each blocking fn, calls interleaved round-robin so that all
+    implementations see the same background load (the CPU may be shared)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def torch_copy(model: llada.LLaDA):
@@ -126,12 +129,11 @@ def main(argv=None) -> None:
         t_compile = time.perf_counter()
         logits = jax.block_until_ready(fwd(state, tokens))
         t_compile = time.perf_counter() - t_compile
-        t_jax = time_fn(lambda: jax.block_until_ready(fwd(state, tokens)), args.warmup, args.iters)
+    fns = {"jax (jit)": lambda: jax.block_until_ready(fwd(state, tokens))}
 
     n_tok = args.batch * args.length
     flops = forward_flops(cfg, args.batch, args.length)
     peak = args.peak_tflops or detect_peak_tflops()
-    rows = [("jax (jit)", t_jax)]
     max_diff = None
     if not args.no_torch:
         import torch
@@ -143,13 +145,22 @@ def main(argv=None) -> None:
         sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
         threads = sorted({1, os.cpu_count() or 1}) if tdev == "cpu" and args.torch_threads is None else \
             [args.torch_threads or torch.get_num_threads()]
+
+        def torch_fwd(n):  # on a small shared CPU, 1 OpenMP thread can beat all cores
+            def run():
+                torch.set_num_threads(n)
+                with torch.inference_mode():
+                    tm(tt)
+                sync()
+            return run
+
         with torch.inference_mode():
             ref = tm(tt).float().cpu().numpy()
-            for n in threads:  # on a small shared CPU, 1 OpenMP thread can beat all cores
-                torch.set_num_threads(n)
-                t_torch = time_fn(lambda: (tm(tt), sync()), args.warmup, args.iters)
-                rows.append((f"torch {torch.__version__} eager ({tdev}, {n} threads)", t_torch))
         max_diff = float(np.abs(np.asarray(logits, np.float32) - ref).max())
+        for n in threads:
+            fns[f"torch {torch.__version__} eager ({tdev}, {n} threads)"] = torch_fwd(n)
+    with shd.use_mesh(mesh):
+        rows = list(time_interleaved(fns, args.warmup, args.iters).items())
 
     dev = jax.devices()[0]
     print(f"# forward benchmark: shape={shape} ({cfg.param_count() / 1e6:.2f}M params) batch={args.batch} "
