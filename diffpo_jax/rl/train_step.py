@@ -222,7 +222,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: RLConfig, tx: optax.GradientTra
 
     def step(trainable, opt_state, frozen, batch, rng):
         loss, grads, (aux, batch) = grads_fn(trainable, frozen, batch, rng)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, opt_state, trainable)
         new_tr = optax.apply_updates(trainable, updates)
