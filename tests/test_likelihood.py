@@ -155,3 +155,13 @@ def test_rl_config_validation_names_field():
                                                                                                 0.2, 0.15)
     assert RLConfig(method="2mf_is").uses_is and RLConfig(method="2mf_is").surrogate == "2mf"
     assert not RLConfig(method="d1").uses_is
+
+
+def test_token_logprobs_memory_is_bounded_by_the_chunk():
+    """Forward + backward never hold the full [B, L, V] fp32 logits (XLA's own buffer accounting)."""
+    m = llada.LLaDA(llada.tiny(vocab_size=8192), rngs=nnx.Rngs(0))
+    h, t = jnp.ones((2, 256, 64)), jnp.zeros((2, 256), jnp.int32)
+    full_logits = 2 * 256 * 8192 * 4
+    temp = lambda c: jax.jit(jax.grad(lambda hh: lk.token_logprobs(m, hh, t, c).sum())).lower(h).compile() \
+        .memory_analysis().temp_size_in_bytes
+    assert temp(8) < full_logits / 4
