@@ -20,7 +20,8 @@ batch (per-row arrays, all sharded over ('data', 'fsdp') on their first axis):
   unmask_step [B,L] i32, behaviour_logp [B,L] f32, nfe [B] i32, rewards [B] f32;
   optional: old_logp [B,L], ref_logp [B,L], row_id [B] i32 (global row index, default arange);
   joint sampler: gamma_raw [B] f32 (unclipped draws), optional head_old_logp [B],
-  head_features [B,D] (else recomputed from [p, M…M], stop-gradient).
+  head_features [B,D] (else recomputed from [p, M…M] with the current LoRA, stop-gradient;
+  passing the rollout's features keeps the head's PPO ratio a function of φ alone).
 Advantages are group-relative over consecutive groups of `num_generations` rows of the FULL
 batch; micro-batches are strided row subsets (row r goes to micro-batch r mod M) and the
 loss denominators are computed from the full batch first, so the summed gradients equal the
@@ -245,6 +246,11 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: RLConfig, tx: optax.GradientTra
 
     def train_step(trainable, opt_state, frozen, batch, rng):
         validate_batch(batch, cfg)
+        if mesh is not None:
+            shards = mesh.shape["data"] * mesh.shape["fsdp"]
+            if batch["completion"].shape[0] % shards:
+                raise ValueError(f"RL batch has {batch['completion'].shape[0]} rows, not divisible by the mesh's "
+                                 f"data x fsdp = {shards} batch shards")
         with shd.use_mesh(mesh):
             return jitted(trainable, opt_state, frozen, batch, rng)
 
