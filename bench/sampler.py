@@ -212,8 +212,10 @@ def main(argv=None):
                        same_nfe=bool(np.array_equal(tnfe.cpu().numpy(), np.asarray(out.nfe))),
                        same_tokens=float(np.mean(np.all(tx.cpu().numpy() == np.asarray(out.tokens), -1))))
         rows.append(row)
-        t = ("| {torch_forwards} | {torch_s:.3f} | {torch_ms_fwd:.1f} | {torch_tok_s:.0f} | {same_nfe} | "
-             "{same_tokens:.0%} |".format(**row) if tmodel is not None else "| - | - | - | - | - | - |")
+        same = ("{same_nfe} | {same_tokens:.0%}".format(**row) if args.temperature == 0 else "n/a (T > 0: "
+                "different RNGs) | n/a") if tmodel is not None else ""
+        t = ("| {torch_forwards} | {torch_s:.3f} | {torch_ms_fwd:.1f} | {torch_tok_s:.0f} | ".format(**row) + same
+             + " |" if tmodel is not None else "| - | - | - | - | - | - |")
         print("| {rule} | {nfe:.1f} | {jax_forwards} | {jax_s:.3f} | {jax_ms_fwd:.1f} | {jax_tok_s:.0f} ".format(**row)
               + t, flush=True)
     if args.json:

@@ -32,7 +32,9 @@ def propose(logits: jax.Array, key: jax.Array, temperature: jax.Array) -> Propos
     t = temperature.astype(jnp.float32)[:, None, None]
     greedy = t <= 0
     safe_t = jnp.where(greedy, 1.0, t)
-    noisy = jnp.where(greedy, lf, lf / safe_t + jax.random.gumbel(key, lf.shape, jnp.float32))
+    gumbel = jax.lax.cond(jnp.any(~greedy), lambda: jax.random.gumbel(key, lf.shape, jnp.float32),
+                          lambda: jnp.zeros(lf.shape, jnp.float32))  # all-greedy batches draw no noise
+    noisy = jnp.where(greedy, lf, lf / safe_t + gumbel)
     x0 = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
     lsm = jax.nn.log_softmax(lf, axis=-1)
     logp = jnp.take_along_axis(lsm, x0[..., None], axis=-1)[..., 0]
