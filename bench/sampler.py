@@ -128,11 +128,22 @@ def build_models(args):
                                 max_sequence_length=cfg.max_sequence_length, mask_token_id=cfg.mask_token_id,
                                 eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
         dtype = torch.bfloat16 if args.llada8b else torch.float32
-        with torch.device("meta"):
-            tmodel = TorchLLaDA(tcfg)
-        tmodel = tmodel.to_empty(device=args.torch_device).to(dtype)
-        sd = {name: torch.from_numpy(np.array(w, np.float32)).to(dtype) for name, w in hf_tensor_iter(model)}
-        tmodel.load_state_dict(sd)
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device("meta"):  # no memory, no random init; weights are copied in below
+                tmodel = TorchLLaDA(tcfg)
+        finally:
+            torch.set_default_dtype(prev)
+        tmodel = tmodel.to_empty(device=args.torch_device)
+        params = tmodel.state_dict()
+        copied = set()
+        with torch.no_grad():
+            for name, w in hf_tensor_iter(model):  # one tensor at a time
+                params[name].copy_(torch.from_numpy(np.array(w, np.float32)).to(dtype))
+                copied.add(name)
+        if copied != set(params):
+            raise RuntimeError(f"torch parameters not copied from the JAX model: {sorted(set(params) - copied)}")
         tmodel.eval()
     return cfg, model, tmodel
 
