@@ -114,3 +114,36 @@ def test_config_static_step_bounds():
     assert SamplerConfig(gen_length=256, block_length=32).max_steps == 128  # d1: steps = L / 2
     assert SamplerConfig(rule="topk", k=3, gen_length=64, block_length=32).max_steps == 2 * 11
     assert SamplerConfig(rule="eb", gen_length=64, block_length=32).max_steps == 64
+
+
+class _FixedLogits:
+    """A stand-in model whose logits depend only on (row, position): row 0 is certain
+    everywhere (logit 20 on token i % 5), row 1 unsure with confidence rising with i."""
+
+    class cfg:
+        mask_token_id, eos_token_id, pad_token_id = 7, 6, 6
+
+    def __call__(self, tokens, padding_mask=None, lora=True):
+        b, n = tokens.shape
+        pos = jnp.arange(n)
+        onehot = jax.nn.one_hot(pos % 5, 8)
+        height = jnp.stack([jnp.full((n,), 20.0), 1.0 + 0.1 * pos])[:b]  # [B, T]
+        return onehot[None] * height[:, :, None]
+
+
+def test_rows_finish_blocks_independently_and_idle_rows_are_free():
+    from diffpo_jax.sampling import decode
+
+    cfg = SamplerConfig(rule="threshold", gen_length=8, block_length=4)
+    prompt = jnp.array([[1, 2], [3, 4]], jnp.int32)
+    ones = jnp.ones((2,), jnp.float32)
+    out = decode(_FixedLogits(), cfg, prompt, jnp.ones((2, 2), bool), jax.random.key(0), ones * 0.1, ones * 0.9,
+                 ones * 0.0)
+    # row 0: each block in one step, then idle (NFE stays 2); row 1: top-1 per step, highest position first
+    assert np.asarray(out.nfe).tolist() == [2, 8] and int(out.forwards) == 8
+    assert np.asarray(out.unmask_step).tolist() == [[1, 1, 1, 1, 2, 2, 2, 2], [4, 3, 2, 1, 8, 7, 6, 5]]
+    assert np.asarray(out.tokens)[:, 2:].tolist() == [[2, 3, 4, 0, 1, 2, 3, 4]] * 2  # token = absolute pos % 5
+    fixed = decode(_FixedLogits(), cfg.replace(rule="fixed", steps=4), prompt, jnp.ones((2, 2), bool),
+                   jax.random.key(0), ones, ones, ones * 0.0)
+    assert np.asarray(fixed.nfe).tolist() == [4, 4]  # fixed rule: NFE = steps for every row
+    assert np.asarray(fixed.unmask_step)[1].tolist() == [2, 2, 1, 1, 4, 4, 3, 3]
