@@ -191,8 +191,9 @@ def main(argv=None):
     n_tokens = args.batch * args.gen_length
     env = (f"{jax.devices()[0].device_kind} x{jax.device_count()} ({platform.processor() or platform.machine()}, "
            f"{os.cpu_count()} cores), jax {jax.__version__}, torch {torch.__version__} on {args.torch_device}")
-    shape = (f"{'LLaDA-8B' if args.llada8b else args.preset} (d={cfg.d_model}, layers={cfg.n_layers}, V={cfg.vocab_size}), "
-             f"B={args.batch}, P={args.prompt_len}, L={args.gen_length}, block={args.block_length}, T={args.temperature}")
+    name = "LLaDA-8B" if args.llada8b else args.preset
+    shape = (f"{name} (d={cfg.d_model}, layers={cfg.n_layers}, V={cfg.vocab_size}), B={args.batch}, "
+             f"P={args.prompt_len}, L={args.gen_length}, block={args.block_length}, T={args.temperature}")
     print(env + "\n" + shape)
     print("| rule | mean NFE | JAX forwards | JAX s | JAX ms/fwd | JAX tok/s | torch forwards | torch s | "
           "torch ms/fwd | torch tok/s | same NFE | same tokens |")
