@@ -254,6 +254,9 @@ cmd_convert() {
     echo "# no --out: the HF checkpoint is at $REMOTE_DIR/$HF_DIR on every worker (use --config.model.hf_dir=$HF_DIR)" >&2
     return
   fi
+  if [[ $OUT != gs://* ]]; then
+    echo "# note: on a multi-host slice --out must be a path every worker shares (gs://...): all write to it" >&2
+  fi
   on_all "mkdir -p logs; $(env_words) .venv/bin/python -m diffpo_jax.distributed diffpo_jax.convert import --hf_dir $dir --out $(q "$OUT") > logs/convert.log 2>&1; rc=\$?; tail -n 3 logs/convert.log; exit \$rc"
 }
 
