@@ -226,8 +226,8 @@ cmd_setup() {
   if [[ $data == none ]]; then data=""; fi
   if [[ -n $data && ! -d $data ]]; then die "--data '$data' is not a directory"; fi
 
-  run tar -czf "$code" --exclude=.git --exclude=.venv --exclude=__pycache__ --exclude=.pytest_cache \
-    --exclude='*.egg-info' --exclude=runs --exclude=logs --exclude=ckpt -C "$REPO" .
+  run tar -czf "$code" --exclude=./.git --exclude=./.venv --exclude=./runs --exclude=./logs --exclude=./ckpt \
+    --exclude=__pycache__ --exclude=.pytest_cache --exclude='*.egg-info' -C "$REPO" .
   local files=("$code") dir unpack
   dir=$(q "$REMOTE_DIR")
   unpack="mkdir -p $dir && tar -xzf ~/$(q "${code##*/}") -C $dir"
@@ -301,9 +301,10 @@ cmd_logs() {
 }
 
 cmd_kill() {
-  # Ask our runs to stop (pid files), then kill whatever still holds the TPU.
+  # Ask our runs to stop (pid files; setsid made each its own process group, so its
+  # workers go too), then kill whatever still holds the TPU.
   # shellcheck disable=SC2016  # $-expressions are for the worker's shell
-  local script='for f in logs/*.pid; do [ -f "$f" ] || continue; kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done; sleep 2; pids=$(sudo lsof -t /dev/accel* /dev/vfio/* /tmp/libtpu_lockfile 2>/dev/null | sort -u | tr "\n" " "); if [ -n "$pids" ]; then echo "$(hostname): killing $pids"; sudo kill -9 $pids; fi; sudo rm -f /tmp/libtpu_lockfile; echo "$(hostname): TPU free"'
+  local script='for f in logs/*.pid; do [ -f "$f" ] || continue; p=$(cat "$f"); kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; rm -f "$f"; done; sleep 2; pids=$(sudo lsof -t /dev/accel* /dev/vfio/* /tmp/libtpu_lockfile 2>/dev/null | sort -u | tr "\n" " "); if [ -n "$pids" ]; then echo "$(hostname): killing $pids"; sudo kill -9 $pids; fi; sudo rm -f /tmp/libtpu_lockfile; echo "$(hostname): TPU free"'
   ssh_all "cd $(q "$REMOTE_DIR") 2>/dev/null || true; $script"
 }
 

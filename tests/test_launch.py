@@ -198,6 +198,53 @@ def test_tpu_train_worker_code_runs_with_exact_arguments(tmp_path):
     assert (home / "diffpo-jax" / "logs" / "train.pid").read_text().strip().isdigit()
 
 
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_tpu_kill_worker_code_stops_the_run_and_its_children(tmp_path):
+    """Start a run with the worker's train code (stand-in python that starts a child), then
+    run the worker's kill code: the whole process group goes, the pid file is removed."""
+    home = tmp_path / "home"
+    venv_bin = home / "diffpo-jax" / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").write_text('#!/bin/bash\nsleep 60 &\necho "child $!"\nwait\n')
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sudo").write_text('#!/bin/bash\necho "sudo $*" >> "$HOME/sudo.log"\n')  # no root here
+    for f in (venv_bin / "python", fake_bin / "sudo"):
+        f.chmod(0o755)
+    env = dict(os.environ, HOME=str(home), PATH=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    [train] = dry(TPU, "train", "--config", "c", env=POD)
+    [kill] = dry(TPU, "kill", env=POD)
+    subprocess.run(["bash", "-c", remote(train)], cwd=home, env=env, check=True, capture_output=True, timeout=20)
+    log = home / "diffpo-jax" / "logs" / "train.log"
+    deadline = time.monotonic() + 10
+    while not (log.exists() and "child" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int((home / "diffpo-jax" / "logs" / "train.pid").read_text())
+    child = int(log.read_text().split()[1])
+    try:
+        assert _alive(pid) and _alive(child)
+        r = subprocess.run(["bash", "-c", remote(kill)], cwd=home, env=env, capture_output=True, text=True,
+                           timeout=20)
+        assert r.returncode == 0 and "TPU free" in r.stdout, r.stderr
+        deadline = time.monotonic() + 5
+        while (_alive(pid) or _alive(child)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid) and not _alive(child)
+        assert not (home / "diffpo-jax" / "logs" / "train.pid").exists()
+        assert "lsof -t /dev/accel" in (home / "sudo.log").read_text()
+    finally:
+        for p in (pid, child):  # only the processes this test started
+            if _alive(p):
+                os.kill(p, 9)
+
+
 def test_tpu_logs_one_stream_per_worker():
     cmds = dry(TPU, "logs", "--workers", "3", env=POD)
     assert [a for c in cmds for a in c if a.startswith("--worker=")] == ["--worker=0", "--worker=1", "--worker=2"]
