@@ -19,7 +19,8 @@ environment, checked in this order:
 
 After initialisation every process runs the same program on its own addressable shards;
 `is_primary()` is for logging only: data loading, checkpoint saves (orbax) and evaluation
-run on all processes alike.
+run on all processes alike. `replicate(tree, mesh)` turns host-local values (RNG keys,
+numpy scalars) into global replicated arrays, which multi-host orbax saves require.
 
 `run_local(argv, num_processes)` starts a small CPU cluster on this machine (each process
 with its own fake CPU devices, one log file each) for tests and for trying multi-host code
@@ -40,9 +41,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 ENV_FLAG = "DIFFPO_DISTRIBUTED"
 ENV_COORDINATOR = "DIFFPO_COORDINATOR"
@@ -142,6 +145,29 @@ def process_info() -> str:
     """One line for logs: `process 0/2 on host-a: 2 local of 4 devices (cpu)`."""
     return (f"process {jax.process_index()}/{jax.process_count()} on {socket.gethostname()}: "
             f"{jax.local_device_count()} local of {jax.device_count()} devices ({jax.default_backend()})")
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Host-local leaves (numpy arrays, scalars, single-device or other-mesh jax arrays,
+    typed PRNG keys) -> jax arrays replicated over every device of `mesh`; arrays already
+    spread over all of `mesh`'s devices pass through unchanged.
+
+    Multi-host checkpoints need this: orbax refuses host-local arrays (e.g. an RNG key made
+    with `jax.random.key(0)` outside jit). Every process must pass the same values.
+    """
+    sharding = NamedSharding(mesh, P())
+    devices = set(mesh.devices.flat)
+
+    def put(x):
+        if isinstance(x, jax.Array):
+            if x.sharding.device_set == devices:
+                return x
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+            x = jax.device_get(x)
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)
 
 
 # ---------------------------------------------------------------- local CPU clusters
