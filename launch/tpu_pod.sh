@@ -304,7 +304,7 @@ cmd_kill() {
   # Ask our runs to stop (pid files; setsid made each its own process group, so its
   # workers go too), then kill whatever still holds the TPU.
   # shellcheck disable=SC2016  # $-expressions are for the worker's shell
-  local script='for f in logs/*.pid; do [ -f "$f" ] || continue; p=$(cat "$f"); kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; rm -f "$f"; done; sleep 2; pids=$(sudo lsof -t /dev/accel* /dev/vfio/* /tmp/libtpu_lockfile 2>/dev/null | sort -u | tr "\n" " "); if [ -n "$pids" ]; then echo "$(hostname): killing $pids"; sudo kill -9 $pids; fi; sudo rm -f /tmp/libtpu_lockfile; echo "$(hostname): TPU free"'
+  local script='for f in logs/*.pid; do [ -f "$f" ] || continue; p=$(cat "$f"); kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; rm -f "$f"; done; sleep 2; command -v lsof >/dev/null || echo "$(hostname): lsof missing (sudo apt-get install -y lsof): stale TPU users not found"; pids=$(sudo lsof -t /dev/accel* /dev/vfio/* /tmp/libtpu_lockfile 2>/dev/null | sort -u | tr "\n" " "); if [ -n "$pids" ]; then echo "$(hostname): killing $pids"; sudo kill -9 $pids; fi; sudo rm -f /tmp/libtpu_lockfile; echo "$(hostname): TPU free"'
   ssh_all "cd $(q "$REMOTE_DIR") 2>/dev/null || true; $script"
 }
 
