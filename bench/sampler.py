@@ -1,9 +1,10 @@
 """Sampler benchmark: tokens/s and NFE per rule, JAX vs a PyTorch reference loop, same weights.
 
-  python bench/sampler.py                       # CPU, 'small' random model (~2 min on 2 cores)
-  python bench/sampler.py --preset tiny --repeats 1
-  python bench/sampler.py --llada8b --batch 8 --prompt_len 128 --gen_length 256   # GPU: 8B shapes, bf16
+  python -m bench.sampler                       # CPU, 'small' random model (~2 min on 2 cores)
+  python -m bench.sampler --preset tiny --repeats 1
+  python -m bench.sampler --llada8b --batch 8 --prompt_len 128 --gen_length 256   # GPU: 8B shapes, bf16
 
+(`python -m bench.run --only sampler` runs it with the suite's settings.)
 The JAX model is built first; its weights are copied into `tests/torch_llada.TorchLLaDA`
 (through the HF name mapping of diffpo_jax.convert), so both sides decode with identical
 weights. The PyTorch loop is written the way the public references are (LLaDA generate(),
@@ -13,6 +14,9 @@ move to its next block as soon as its current one is full, and applies the LM he
 current block only. Both report per-row NFE; they must agree (and, at T = 0, so must the
 tokens). Random weights are sharpened (LM head x --head_scale) so that the parallel rules
 reveal different numbers of tokens per step: NFE here shows the mechanics, not model quality.
+MFU (GPU/TPU): batched forwards x the model FLOPs of one step (bench/common.py forward FLOPs
+over the whole [B, P+L] sequence, LM head on the B x block_length current-block positions,
+the same count for both sides) / seconds / peak.
 """
 
 from __future__ import annotations
@@ -20,23 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-from flax import nnx
+if __package__ in (None, ""):  # `python bench/sampler.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import common  # noqa: E402  (first: it sets the GPU allocator environment)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flax import nnx  # noqa: E402
 
-from diffpo_jax.convert.hf_export import hf_tensor_iter  # noqa: E402
 from diffpo_jax.models import llada  # noqa: E402
 from diffpo_jax.sampling import SamplerConfig, make_sampler  # noqa: E402
-from torch_llada import TorchLLaDA, TorchLLaDAConfig  # noqa: E402
 
 PRESETS = {
     "tiny": dict(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, mlp_hidden=128),
@@ -115,56 +117,24 @@ def torch_generate(model, prompt: torch.Tensor, cfg: SamplerConfig, gamma, thres
 
 def build_models(args):
     if args.llada8b:
-        cfg = llada.llada_8b_instruct(compute_dtype="bfloat16", max_sequence_length=4096)
+        cfg = common.llada8b_config(max_sequence_length=4096)
+        if args.n_layers:
+            cfg = cfg.replace(n_layers=args.n_layers)
     else:
         cfg = llada.tiny(**PRESETS[args.preset], compute_dtype="float32", max_sequence_length=1024)
-    model = llada.LLaDA(cfg, rngs=nnx.Rngs(args.seed))
+    model = common.build_llada(cfg, seed=args.seed)
     model.lm_head[...] = (model.lm_head[...].astype(jnp.float32) * args.head_scale).astype(model.lm_head[...].dtype)
     tmodel = None
     if not args.no_torch:
-        tcfg = TorchLLaDAConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                                n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, mlp_hidden_size=cfg.mlp_hidden,
-                                rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps,
-                                max_sequence_length=cfg.max_sequence_length, mask_token_id=cfg.mask_token_id,
-                                eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
-        dtype = torch.bfloat16 if args.llada8b else torch.float32
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device("meta"):  # no memory, no random init; weights are copied in below
-                tmodel = TorchLLaDA(tcfg)
-        finally:
-            torch.set_default_dtype(prev)
-        tmodel = tmodel.to_empty(device=args.torch_device)
-        params = tmodel.state_dict()
-        copied = set()
-        with torch.no_grad():
-            for name, w in hf_tensor_iter(model):  # one tensor at a time
-                params[name].copy_(torch.from_numpy(np.array(w, np.float32)).to(dtype))
-                copied.add(name)
-        if copied != set(params):
-            raise RuntimeError(f"torch parameters not copied from the JAX model: {sorted(set(params) - copied)}")
-        tmodel.eval()
+        tmodel = common.torch_llada_copy(model, torch.bfloat16 if args.llada8b else torch.float32, args.torch_device)
     return cfg, model, tmodel
 
 
-def alternate(run_a, run_b, repeats):
-    """Median wall time of `repeats` runs of each, interleaved a, b, a, b, ... (so that a
-    change in machine load hits both sides). Returns ((out_a, s_a), (out_b, s_b))."""
-    res = {0: [None, []], 1: [None, []]}
-    for _ in range(repeats):
-        for i, fn in enumerate((run_a, run_b)):
-            if fn is not None:
-                t = time.perf_counter()
-                res[i][0] = fn()
-                res[i][1].append(time.perf_counter() - t)
-    return tuple((res[i][0], float(np.median(res[i][1])) if res[i][1] else float("nan")) for i in (0, 1))
-
-
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
     ap.add_argument("--llada8b", action="store_true", help="LLaDA-8B shapes, bf16, random weights (accelerator)")
+    ap.add_argument("--n_layers", type=int, default=None, help="override the 8B layer count (smoke runs)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prompt_len", type=int, default=32)
     ap.add_argument("--gen_length", type=int, default=64)
@@ -180,25 +150,30 @@ def main(argv=None):
     ap.add_argument("--no_torch", action="store_true")
     ap.add_argument("--torch_threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
     ap.add_argument("--torch_device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peak_tflops", type=float, default=None, help="peak of all devices together, TFLOP/s")
+    ap.add_argument("--profile", default=None, help="write a jax.profiler trace of the timed JAX calls here")
     ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+    return ap.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> dict:
+    common.set_torch_threads(args.torch_threads)
     cfg, model, tmodel = build_models(args)
     graphdef, state = nnx.split(model)
     rng = np.random.default_rng(args.seed)
     prompt = rng.integers(0, min(cfg.vocab_size, cfg.mask_token_id), (args.batch, args.prompt_len)).astype(np.int32)
     n_tokens = args.batch * args.gen_length
-    env = (f"{jax.devices()[0].device_kind} x{jax.device_count()} ({platform.processor() or platform.machine()}, "
-           f"{os.cpu_count()} cores), jax {jax.__version__}, torch {torch.__version__} on {args.torch_device}")
+    peak = common.detect_peak_tflops(args.peak_tflops)
+    # model FLOPs of one batched forward: body over [B, P+L], LM head over the current block
+    step_flops = common.forward_flops(cfg, args.batch, args.prompt_len + args.gen_length,
+                                      head_tokens=args.batch * args.block_length)
     name = "LLaDA-8B" if args.llada8b else args.preset
-    shape = (f"{name} (d={cfg.d_model}, layers={cfg.n_layers}, V={cfg.vocab_size}), B={args.batch}, "
-             f"P={args.prompt_len}, L={args.gen_length}, block={args.block_length}, T={args.temperature}")
-    print(env + "\n" + shape)
-    print("| rule | mean NFE | JAX forwards | JAX s | JAX ms/fwd | JAX tok/s | torch forwards | torch s | "
-          "torch ms/fwd | torch tok/s | same NFE | same tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    rows = []
+    settings = (f"{name} (d={cfg.d_model}, layers={cfg.n_layers}, V={cfg.vocab_size}), B={args.batch}, "
+                f"P={args.prompt_len}, L={args.gen_length}, block={args.block_length}, T={args.temperature}; "
+                f"k={args.k}, threshold={args.threshold}, gamma={args.gamma}, fixed steps=L/2")
+    columns = ["rule", "mean NFE", "JAX forwards", "JAX s", "JAX ms/fwd", "JAX tok/s", "JAX MFU", "torch forwards",
+               "torch s", "torch ms/fwd", "torch tok/s", "torch MFU", "same NFE", "same tokens"]
+    rows, table = [], []
     for rule in args.rules.split(","):
         scfg = SamplerConfig(rule=rule, gen_length=args.gen_length, block_length=args.block_length, k=args.k,
                              steps=args.gen_length // 2 if rule == "fixed" else None)
@@ -207,32 +182,60 @@ def main(argv=None):
         t0 = time.perf_counter()
         jax.block_until_ready(sampler(state, prompt, None, **kw))
         compile_s = time.perf_counter() - t0
-        run_jax = lambda: jax.block_until_ready(sampler(state, prompt, None, **kw))  # noqa: E731
-        run_torch = None
+        fns = {"jax": lambda: jax.block_until_ready(sampler(state, prompt, None, **kw))}
         if tmodel is not None:
             tp = torch.from_numpy(prompt.astype(np.int64)).to(args.torch_device)
-            run_torch = lambda: torch_generate(tmodel, tp, scfg, args.gamma, args.threshold,  # noqa: E731
-                                               cfg.mask_token_id, args.temperature)
+            sync = common.torch_sync(args.torch_device)
+
+            def run_torch():
+                res = torch_generate(tmodel, tp, scfg, args.gamma, args.threshold, cfg.mask_token_id,
+                                     args.temperature)
+                sync()
+                return res
+
             run_torch()  # warm-up
-        (out, jax_s), (tout, torch_s) = alternate(run_jax, run_torch, args.repeats)
-        row = dict(rule=rule, nfe=float(np.mean(out.nfe)), jax_forwards=int(out.forwards), jax_s=jax_s,
-                   jax_tok_s=n_tokens / jax_s, jax_ms_fwd=1e3 * jax_s / int(out.forwards), jax_first_call_s=compile_s)
+            fns["torch"] = run_torch
+        with common.profile(args.profile and os.path.join(args.profile, rule)):
+            timed = common.time_interleaved(fns, 0, args.repeats)
+        jax_s, out = timed["jax"]
+        fw = int(out.forwards)
+        row = dict(rule=rule, nfe=float(np.mean(out.nfe)), jax_forwards=fw, jax_s=jax_s, jax_tok_s=n_tokens / jax_s,
+                   jax_ms_fwd=1e3 * jax_s / fw, jax_first_call_s=compile_s, jax_mfu=common.mfu(fw * step_flops,
+                                                                                             jax_s, peak))
+        cells = [rule, f"{row['nfe']:.1f}", fw, f"{jax_s:.3f}", f"{row['jax_ms_fwd']:.1f}", f"{row['jax_tok_s']:.0f}",
+                 row["jax_mfu"]]
         if tmodel is not None:
-            tx, tnfe, tfw = tout
+            torch_s, (tx, tnfe, tfw) = timed["torch"]
             row.update(torch_forwards=tfw, torch_s=torch_s, torch_tok_s=n_tokens / torch_s,
-                       torch_ms_fwd=1e3 * torch_s / tfw,
+                       torch_ms_fwd=1e3 * torch_s / tfw, torch_mfu=common.mfu(tfw * step_flops, torch_s, peak),
                        same_nfe=bool(np.array_equal(tnfe.cpu().numpy(), np.asarray(out.nfe))),
                        same_tokens=float(np.mean(np.all(tx.cpu().numpy() == np.asarray(out.tokens), -1))))
+            same = ([row["same_nfe"], f"{row['same_tokens']:.0%}"] if args.temperature == 0 else
+                    ["n/a (T > 0: different RNGs)", "n/a"])
+            cells += [tfw, f"{torch_s:.3f}", f"{row['torch_ms_fwd']:.1f}", f"{row['torch_tok_s']:.0f}",
+                      row["torch_mfu"]] + same
+        else:
+            cells += ["-"] * 7
         rows.append(row)
-        same = ("{same_nfe} | {same_tokens:.0%}".format(**row) if args.temperature == 0 else "n/a (T > 0: "
-                "different RNGs) | n/a") if tmodel is not None else ""
-        t = ("| {torch_forwards} | {torch_s:.3f} | {torch_ms_fwd:.1f} | {torch_tok_s:.0f} | ".format(**row) + same
-             + " |" if tmodel is not None else "| - | - | - | - | - | - |")
-        print("| {rule} | {nfe:.1f} | {jax_forwards} | {jax_s:.3f} | {jax_ms_fwd:.1f} | {jax_tok_s:.0f} ".format(**row)
-              + t, flush=True)
+        table.append(cells)
+    ratios = {}
+    if tmodel is not None:
+        ratios["jax / torch tokens/s (geometric mean over rules)"] = float(np.exp(np.mean(
+            [np.log(r["jax_tok_s"] / r["torch_tok_s"]) for r in rows])))
+    res = dict(bench="sampler", title=f"Sampler ({name})", env=common.env_line(args.torch_device),
+               settings=settings, notes=[f"model FLOPs per batched forward {step_flops:.3e}"
+                                         + (f"; peak {peak:.0f} TFLOP/s" if peak else "")],
+               columns=columns, rows=table, ratios=ratios, data=rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(env=env, shape=shape, rows=rows), f, indent=2)
+            json.dump(dict(env=res["env"], shape=settings, rows=rows), f, indent=2)
+    return res
+
+
+def main(argv=None):
+    res = run(parse_args(argv))
+    print("# " + res["env"])
+    print(common.render(res))
 
 
 if __name__ == "__main__":

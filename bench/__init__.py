@@ -1,0 +1,1 @@
+"""Benchmarks of diffpo_jax against PyTorch references (entry point: `python -m bench.run`)."""
