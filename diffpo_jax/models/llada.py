@@ -158,21 +158,51 @@ def _project(name: str, x: jax.Array, layer: dict, cfg: LLaDAConfig, lora_on: bo
     return y
 
 
-def block_forward(x: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, attn_mask, lora_on: bool) -> jax.Array:
-    """One LLaDA block. x `[B, L, D]` (compute dtype); `layer` holds one layer's params."""
-    b, n, _ = x.shape
+def _qkv(n1: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, lora_on: bool):
+    """Post-RoPE q `[B, L, H, hd]`, k and v `[B, L, Hkv, hd]` from the normed input n1 `[B, L, D]`."""
+    b, n, _ = n1.shape
     hd = cfg.head_dim
-    n1 = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
     q = _project("q_proj", n1, layer, cfg, lora_on).reshape(b, n, cfg.n_heads, hd)
     k = _project("k_proj", n1, layer, cfg, lora_on).reshape(b, n, cfg.n_kv_heads, hd)
     v = _project("v_proj", n1, layer, cfg, lora_on).reshape(b, n, cfg.n_kv_heads, hd)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    att = jax.nn.dot_product_attention(q, k, v, mask=attn_mask, scale=1.0 / math.sqrt(hd),
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def _attend_mlp(x: jax.Array, q, k, v, layer: dict, cfg: LLaDAConfig, attn_mask, lora_on: bool) -> jax.Array:
+    """Rest of a block: x `[B, Lq, D]` + attention of q `[B, Lq, H, hd]` over k, v `[B, Lk, Hkv, hd]`, then MLP."""
+    b, n, _ = x.shape
+    att = jax.nn.dot_product_attention(q, k, v, mask=attn_mask, scale=1.0 / math.sqrt(cfg.head_dim),
                                        implementation=cfg.attention_impl)
     h = x + _project("attn_out", att.reshape(b, n, cfg.d_model), layer, cfg, lora_on)
     n2 = rms_norm(h, layer["ff_norm"], cfg.rms_norm_eps)
     ff = jax.nn.silu(_project("ff_proj", n2, layer, cfg, lora_on)) * _project("up_proj", n2, layer, cfg, lora_on)
     return h + _project("ff_out", ff, layer, cfg, lora_on)
+
+
+def block_forward(x: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, attn_mask, lora_on: bool,
+                  return_kv: bool = False):
+    """One LLaDA block. x `[B, L, D]` (compute dtype); `layer` holds one layer's params.
+    return_kv: also return this layer's post-RoPE k, v `[B, L, Hkv, hd]` (for a KV cache)."""
+    n1 = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
+    q, k, v = _qkv(n1, layer, cfg, cos, sin, lora_on)
+    y = _attend_mlp(x, q, k, v, layer, cfg, attn_mask, lora_on)
+    return (y, k, v) if return_kv else y
+
+
+def block_forward_cached(x: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, attn_mask, lora_on: bool,
+                         cache_k: jax.Array, cache_v: jax.Array, start) -> jax.Array:
+    """One block for a window of W positions `[start, start + W)` against a KV cache.
+
+    x `[B, W, D]`; cos/sin `[W, hd]` for the window's positions; cache_k/v `[B, T, Hkv, hd]`
+    (this layer's cached post-RoPE keys / values of the whole sequence). The window's fresh
+    k, v replace the cache rows `[start, start + W)`; the W queries attend to all T keys:
+        Attn(q_win, K), K = cache_k with K[start:start+W] = k_win   (V likewise).
+    """
+    n1 = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
+    q, k, v = _qkv(n1, layer, cfg, cos, sin, lora_on)
+    keys = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, axis=1)
+    return _attend_mlp(x, q, keys.astype(q.dtype), values.astype(v.dtype), layer, cfg, attn_mask, lora_on)
 
 
 def _remat(fn, policy: str):
@@ -226,6 +256,27 @@ class LLaDA(nnx.Module):
 
     # -- forward ---------------------------------------------------------------------------
 
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """tokens `[B, L]` int32 -> embeddings `[B, L, D]` in the compute dtype."""
+        table = shd.constrain(self.embed[...], (None, None))  # FSDP: gather the table, then look up
+        x = jnp.take(table, tokens, axis=0).astype(jnp.dtype(self.cfg.compute_dtype))
+        return shd.constrain(x, ("batch", "length", "act_embed"))
+
+    def _layers(self, lora: bool) -> tuple[dict, bool]:
+        """Stacked per-layer params (+ LoRA factors when on) for lax.scan, and whether LoRA is on."""
+        layers = {k: v[...] for k, v in self.blocks.items()}
+        lora_on = lora and self.cfg.lora_rank > 0
+        if lora_on:
+            for name in self.lora_a:
+                layers[f"lora_a.{name}"] = self.lora_a[name][...]
+                layers[f"lora_b.{name}"] = self.lora_b[name][...]
+        return layers, lora_on
+
+    @staticmethod
+    def _key_mask(padding_mask: Optional[jax.Array]) -> Optional[jax.Array]:
+        """`[B, Lk]` bool (True = real key) -> `[B, 1, 1, Lk]`, broadcast over heads and queries."""
+        return None if padding_mask is None else padding_mask.astype(bool)[:, None, None, :]
+
     def hidden(self, tokens: jax.Array, padding_mask: Optional[jax.Array] = None, *, lora: bool = True) -> jax.Array:
         """Final hidden states after ln_f. tokens `[B, L]` int32 -> `[B, L, D]` compute dtype.
 
@@ -234,26 +285,71 @@ class LLaDA(nnx.Module):
         `lora=False` runs the base model (the RL reference policy) without a weight copy.
         """
         cfg = self.cfg
-        dt = jnp.dtype(cfg.compute_dtype)
-        table = shd.constrain(self.embed[...], (None, None))  # FSDP: gather the table, then look up
-        x = jnp.take(table, tokens, axis=0).astype(dt)
-        x = shd.constrain(x, ("batch", "length", "act_embed"))
+        x = self._embed(tokens)
         cos, sin = rope_tables(tokens.shape[1], cfg.head_dim, cfg.rope_theta)
-        attn_mask = None
-        if padding_mask is not None:
-            attn_mask = padding_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, Lk] broadcasts over q
-        layers = {k: v[...] for k, v in self.blocks.items()}
-        lora_on = lora and cfg.lora_rank > 0
-        if lora_on:
-            for name in self.lora_a:
-                layers[f"lora_a.{name}"] = self.lora_a[name][...]
-                layers[f"lora_b.{name}"] = self.lora_b[name][...]
+        attn_mask = self._key_mask(padding_mask)
+        layers, lora_on = self._layers(lora)
 
         def body(h, layer):
             h = block_forward(h, layer, cfg, cos, sin, attn_mask, lora_on)
             return shd.constrain(h, ("batch", "length", "act_embed")), None
 
         x, _ = jax.lax.scan(_remat(body, cfg.remat), x, layers)
+        return rms_norm(x, self.ln_f[...], cfg.rms_norm_eps)
+
+    # -- KV cache (approximate block caching for the sampler; see sampling/loop.py) ----------
+
+    def hidden_and_kv(self, tokens: jax.Array, padding_mask: Optional[jax.Array] = None, *,
+                      lora: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`hidden()` plus every layer's post-RoPE keys and values, in one forward.
+
+        tokens `[B, T]` int32 -> (h `[B, T, D]`, k `[N, B, T, Hkv, hd]`, v `[N, B, T, Hkv, hd]`),
+        all in the compute dtype; h equals `hidden(tokens, padding_mask, lora=lora)`.
+        """
+        cfg = self.cfg
+        x = self._embed(tokens)
+        cos, sin = rope_tables(tokens.shape[1], cfg.head_dim, cfg.rope_theta)
+        attn_mask = self._key_mask(padding_mask)
+        layers, lora_on = self._layers(lora)
+        kv_axes = ("batch", "length", "heads", None)
+
+        def body(h, layer):
+            h, k, v = block_forward(h, layer, cfg, cos, sin, attn_mask, lora_on, return_kv=True)
+            kv = (shd.constrain(k, kv_axes), shd.constrain(v, kv_axes))
+            return shd.constrain(h, ("batch", "length", "act_embed")), kv
+
+        x, (k, v) = jax.lax.scan(_remat(body, cfg.remat), x, layers)
+        return rms_norm(x, self.ln_f[...], cfg.rms_norm_eps), k, v
+
+    def hidden_with_cache(self, tokens: jax.Array, start, cache_k: jax.Array, cache_v: jax.Array,
+                          padding_mask: Optional[jax.Array] = None, *, lora: bool = True) -> jax.Array:
+        """Hidden states of a window of the sequence, the rest read from a KV cache.
+
+        tokens `[B, W]` int32: the tokens at positions `start .. start + W - 1` (`start`: int
+        or scalar int32 array, the same for every row; start + W <= T). cache_k / cache_v
+        `[N, B, T, Hkv, hd]` from `hidden_and_kv` (possibly of an older sequence). In every
+        layer the window's fresh k, v replace the cached rows of the window and its W
+        queries attend to all T keys (`block_forward_cached`); positions outside the window
+        are not recomputed. padding_mask `[B, T]` bool masks keys as in `hidden()`.
+        Returns `[B, W, D]`; exact (= `hidden(x)[:, start:start+W]`) when the cache came from
+        the same x, an approximation otherwise (the cached positions do not see the window's
+        new tokens).
+        """
+        cfg = self.cfg
+        w, t = tokens.shape[1], cache_k.shape[2]
+        x = self._embed(tokens)
+        cos, sin = rope_tables(t, cfg.head_dim, cfg.rope_theta)
+        cos = jax.lax.dynamic_slice_in_dim(cos, start, w, axis=0)
+        sin = jax.lax.dynamic_slice_in_dim(sin, start, w, axis=0)
+        attn_mask = self._key_mask(padding_mask)
+        layers, lora_on = self._layers(lora)
+
+        def body(h, xs):
+            layer, ck, cv = xs
+            h = block_forward_cached(h, layer, cfg, cos, sin, attn_mask, lora_on, ck, cv, start)
+            return shd.constrain(h, ("batch", "length", "act_embed")), None
+
+        x, _ = jax.lax.scan(_remat(body, cfg.remat), x, (layers, cache_k, cache_v))
         return rms_norm(x, self.ln_f[...], cfg.rms_norm_eps)
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:

@@ -17,6 +17,18 @@ Rules (all decode `gen_length` tokens in `gen_length / block_length` blocks, lef
   eb         Entropy-bounded (Ben-Hamu et al.): sort by entropy ascending, take the largest
              prefix U with `sum_U H - max_U H <= gamma` (at least one).
 Adaptive sampling (DiFFPO) is `threshold` or `eb` with a different tau / gamma per row.
+
+KV cache (`kv_cache`, Fast-dLLM's approximate block cache; any rule):
+  none    every step is a full forward of `[prompt, completion]` (exact).
+  prefix  each block starts with one full forward that also stores every layer's keys and
+          values; the block's later steps recompute only the current block and everything
+          after it, reading the prefix (prompt + finished blocks) keys/values from the cache.
+  dual    as prefix, but the later steps recompute only the current block; the suffix
+          (later, still masked blocks) is read from the cache too.
+  Approximate: cached positions do not see the tokens revealed since the block started
+  (attention is bidirectional, so even the prompt's keys depend on the completion). Every
+  forward, full or partial, is 1 NFE. Rows move through the blocks in lockstep (a row that
+  fills its block early idles, NFE not counted, until the others finish it).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from typing import Optional
 
 RULES = ("fixed", "topk", "threshold", "eb")
 REMASKING = ("low_confidence", "random")
+KV_CACHES = ("none", "prefix", "dual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +59,7 @@ class SamplerConfig:
     logits_eos_inf: set the EOS logit to -inf before proposing (LLaDA option).
     lora: run the model with its LoRA adapter on (the policy) or off (the base model).
     mask_token_id / eos_token_id: None = take them from the model's config.
+    kv_cache: 'none' | 'prefix' | 'dual' (see the module docstring; approximate when not 'none').
     """
 
     rule: str = "fixed"
@@ -63,6 +77,7 @@ class SamplerConfig:
     lora: bool = True
     mask_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
+    kv_cache: str = "none"
 
     def __post_init__(self):
         errors = []
@@ -96,6 +111,9 @@ class SamplerConfig:
             errors.append(f"remasking={self.remasking!r}: choose one of {REMASKING}")
         elif self.remasking == "random" and self.rule not in ("fixed", "topk"):
             errors.append(f"remasking='random' only applies to rule 'fixed' or 'topk', not {self.rule!r}")
+        if self.kv_cache not in KV_CACHES:
+            errors.append(f"kv_cache={self.kv_cache!r}: choose one of {KV_CACHES} "
+                          "('none' = exact, 'prefix' / 'dual' = Fast-dLLM's approximate caches)")
         if errors:
             raise ValueError("SamplerConfig: " + "; ".join(errors))
 
@@ -124,6 +142,10 @@ class SamplerConfig:
     def max_steps(self) -> int:
         """Static bound on the forwards of one call (= every row's NFE for rule='fixed')."""
         return self.n_blocks * self.max_steps_per_block
+
+    @property
+    def uses_cache(self) -> bool:
+        return self.kv_cache != "none"
 
     @property
     def uses_cfg(self) -> bool:

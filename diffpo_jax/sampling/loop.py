@@ -21,6 +21,21 @@ Only the current block's logits are formed: the model's final hidden states `[B,
 are cut to each row's block `[B, Lb, D]` before the LM head, so `[B, Lb, V]` (not
 `[B, P+L, V]`) is materialised per step.
 
+KV cache (`cfg.kv_cache` 'prefix' | 'dual', Fast-dLLM's approximate cache): the first
+forward of every block is the full forward above, which also returns every layer's keys and
+values `[N, B, P+L, Hkv, hd]` (`LLaDA.hidden_and_kv`); they are carried in the loop state. The
+block's later forwards run `LLaDA.hidden_with_cache` on a window only: 'prefix' = the current
+block and everything after it (`L - j*Lb` positions in block j; one `lax.switch` branch per
+block, so each branch has a static width), 'dual' = the current block alone (`Lb`). The
+window's fresh keys/values replace the cached ones inside that forward; the carried cache
+changes only at the next block's full forward. NFE: one model call = 1 NFE, full or partial
+(so a row's NFE counts exactly the same steps as without a cache; `forwards` counts batched
+calls, of which `n_blocks` are full). With a cache the rows move through the blocks in
+lockstep, as in Fast-dLLM: one full forward must serve every row, so a row that fills its block
+early idles (a no-op, NFE not counted) until every row has filled it. A row's tokens therefore
+do not depend on the other rows (at T = 0), but a batch costs `sum over blocks of max_b`
+steps. Rules 'fixed' and 'topk' take the same number of steps in every row anyway.
+
 Padding (`cfg.use_padding_mask`): off by default = LLaDA's released code and d1, whose
 model ignores `attention_mask` (left pads are EOS tokens that every position attends to);
 these are the numbers we reproduce. On = `[prompt_mask, ones(L)]` is passed as the key
@@ -35,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from diffpo_jax import sharding as shd
 from diffpo_jax.sampling import rules
 from diffpo_jax.sampling.config import SamplerConfig
 
@@ -78,6 +94,8 @@ class _State(NamedTuple):
     logp: jax.Array  # [B, L] f32
     logp_t: jax.Array  # [B, L] f32
     it: jax.Array  # [] int32 forwards run
+    refresh: jax.Array  # [] bool: the next forward starts a block (full forward, new cache)
+    cache: tuple  # (k, v) [N, B', P+L, Hkv, hd] with a KV cache (B' = 2B under CFG), else ()
 
 
 def completion_mask(completion: jax.Array, eos_id: int) -> jax.Array:
@@ -96,25 +114,79 @@ def _take_block(a: jax.Array, onehot: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(sel, blocks, jnp.zeros((), a.dtype)), axis=1)
 
 
-def _block_logits(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len: int, mask_id: int):
-    """fp32 logits `[B, Lb, V]` of each row's current block (with CFG if configured)."""
-    b = x.shape[0]
-    if cfg.uses_cfg:  # second copy with the whole prompt masked (LLaDA masks every prompt position)
-        uncond = x.at[:, :prompt_len].set(mask_id)
-        x = jnp.concatenate([x, uncond], axis=0)
-        onehot = jnp.concatenate([onehot, onehot], axis=0)
-        if padding_mask is not None:
-            padding_mask = jnp.concatenate([padding_mask, padding_mask], axis=0)
-    if hasattr(model, "hidden"):
-        h = model.hidden(x, padding_mask, lora=cfg.lora)
-        logits = model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot))
-    else:  # any model returning full logits
-        logits = _take_block(model(x, padding_mask, lora=cfg.lora)[:, prompt_len:], onehot)
+def _model_rows(cfg: SamplerConfig, x, padding_mask, prompt_len: int, mask_id: int):
+    """The rows the model runs on: x `[B, T]`, or under CFG `[x; x with the prompt masked]`
+    `[2B, T]` (LLaDA masks every prompt position), and the padding mask to match."""
+    if not cfg.uses_cfg:
+        return x, padding_mask
+    x = jnp.concatenate([x, x.at[:, :prompt_len].set(mask_id)], axis=0)
+    if padding_mask is not None:
+        padding_mask = jnp.concatenate([padding_mask, padding_mask], axis=0)
+    return x, padding_mask
+
+
+def _guide(cfg: SamplerConfig, logits: jax.Array, b: int) -> jax.Array:
+    """fp32 logits `[B, Lb, V]`: under CFG `u + (w+1)(c-u)` of the `[2B, ...]` pair."""
     logits = logits.astype(jnp.float32)
     if cfg.uses_cfg:
         cond, uncond = logits[:b], logits[b:]
         logits = uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)
     return logits
+
+
+def _block_logits(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len: int, mask_id: int):
+    """fp32 logits `[B, Lb, V]` of each row's current block (with CFG if configured)."""
+    b = x.shape[0]
+    x, padding_mask = _model_rows(cfg, x, padding_mask, prompt_len, mask_id)
+    if cfg.uses_cfg:
+        onehot = jnp.concatenate([onehot, onehot], axis=0)
+    if hasattr(model, "hidden"):
+        h = model.hidden(x, padding_mask, lora=cfg.lora)
+        logits = model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot))
+    else:  # any model returning full logits
+        logits = _take_block(model(x, padding_mask, lora=cfg.lora)[:, prompt_len:], onehot)
+    return _guide(cfg, logits, b)
+
+
+def _empty_cache(model, rows: int, length: int) -> tuple:
+    """Zero (k, v) `[N, rows, length, Hkv, hd]` in the model's compute dtype (the loop's initial
+    cache; the first forward is always a full one that replaces it)."""
+    mcfg = model.cfg
+    shape = (mcfg.n_layers, rows, length, mcfg.n_kv_heads, mcfg.head_dim)
+    zeros = jnp.zeros(shape, jnp.dtype(mcfg.compute_dtype))
+    zeros = shd.constrain(zeros, ("layers", "batch", "length", "heads", None))
+    return zeros, zeros
+
+
+def _cached_block_logits(model, cfg: SamplerConfig, x, padding_mask, onehot, blk, refresh, cache,
+                         prompt_len: int, mask_id: int):
+    """(fp32 logits `[B, Lb, V]` of the current block `blk` ([] int32, the same for every row),
+    new cache). refresh: full forward + new cache; else a window forward against `cache`."""
+    b, lb, nb = x.shape[0], cfg.block_length, cfg.n_blocks
+    x, padding_mask = _model_rows(cfg, x, padding_mask, prompt_len, mask_id)
+    if cfg.uses_cfg:
+        onehot = jnp.concatenate([onehot, onehot], axis=0)
+
+    def full(old):
+        del old
+        h, k, v = model.hidden_and_kv(x, padding_mask, lora=cfg.lora)
+        return model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot)), (k, v)
+
+    def window(start, width):
+        def run(kv):
+            part = jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
+            h = model.hidden_with_cache(part, start, kv[0], kv[1], padding_mask, lora=cfg.lora)
+            return model.logits_from_hidden(h[:, :lb]), kv
+        return run
+
+    if cfg.kv_cache == "dual":  # the current block only
+        branches = [full, window(prompt_len + blk * lb, lb)]
+        index = jnp.where(refresh, 0, 1)
+    else:  # prefix: the current block and everything after it, a static width per block
+        branches = [full] + [window(prompt_len + j * lb, (nb - j) * lb) for j in range(nb)]
+        index = jnp.where(refresh, 0, 1 + jnp.clip(blk, 0, nb - 1))
+    logits, cache = jax.lax.switch(index.astype(jnp.int32), branches, cache)
+    return _guide(cfg, logits, b), cache
 
 
 def _select(cfg: SamplerConfig, prop: rules.Proposal, eligible, st: _State, key, gamma, threshold):
@@ -141,6 +213,10 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
     gamma, threshold, temperature `[B]` f32 (used by rule eb / threshold / all rules).
     """
     mcfg = getattr(model, "cfg", None)
+    if cfg.uses_cache and not (hasattr(model, "hidden_and_kv") and hasattr(model, "hidden_with_cache")):
+        raise ValueError(f"SamplerConfig.kv_cache={cfg.kv_cache!r} needs a model with hidden_and_kv() and "
+                         f"hidden_with_cache() (diffpo_jax.models.llada.LLaDA); {type(model).__name__} has "
+                         "not; use kv_cache='none'")
     mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else mcfg.mask_token_id
     eos_id = cfg.eos_token_id if cfg.eos_token_id is not None else mcfg.eos_token_id
     b, p = prompt_tokens.shape
@@ -160,7 +236,12 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
         onehot = onehot_of(st.blk)
         live = st.blk < nb
         x = jnp.concatenate([prompt_tokens, st.comp], axis=1)
-        logits = _block_logits(model, cfg, x, padding_mask, onehot, p, mask_id)
+        cache = st.cache
+        if cfg.uses_cache:  # rows are in lockstep: one block index for all
+            logits, cache = _cached_block_logits(model, cfg, x, padding_mask, onehot, jnp.min(st.blk), st.refresh,
+                                                 cache, p, mask_id)
+        else:
+            logits = _block_logits(model, cfg, x, padding_mask, onehot, p, mask_id)
         if cfg.logits_eos_inf:
             logits = logits.at[..., eos_id].set(-jnp.inf)
         k_noise, k_select = jax.random.split(jax.random.fold_in(key, st.it))
@@ -177,6 +258,10 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
             block_done = live & (block_step >= cfg.max_steps_per_block)
         else:
             block_done = live & ~jnp.any(eligible & ~select, axis=-1)
+        refresh = st.refresh
+        if cfg.uses_cache:  # lockstep: the block ends when every live row has filled it
+            refresh = jnp.all(block_done | ~live)
+            block_done = live & refresh
         blk = st.blk + block_done.astype(jnp.int32)
         return _State(
             comp=comp, blk=blk,
@@ -186,7 +271,7 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
             unmask_step=jnp.where(reveal, nfe[:, None], st.unmask_step),
             logp=jnp.where(reveal, jnp.tile(prop.logp, (1, nb)), st.logp),
             logp_t=jnp.where(reveal, jnp.tile(prop.logp_tempered, (1, nb)), st.logp_t),
-            it=st.it + 1)
+            it=st.it + 1, refresh=refresh, cache=cache)
 
     def cond(st: _State):
         return (st.it < cfg.max_steps) & jnp.any(st.blk < nb)
@@ -196,7 +281,8 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
     st = _State(comp=comp0, blk=zeros_b, block_step=zeros_b, block_masks=masks_in_block(comp0, zeros_b),
                 nfe=zeros_b, unmask_step=jnp.zeros((b, n_len), jnp.int32),
                 logp=jnp.zeros((b, n_len), jnp.float32), logp_t=jnp.zeros((b, n_len), jnp.float32),
-                it=jnp.zeros((), jnp.int32))
+                it=jnp.zeros((), jnp.int32), refresh=jnp.ones((), bool),
+                cache=_empty_cache(model, b * (2 if cfg.uses_cfg else 1), p + n_len) if cfg.uses_cache else ())
     st = jax.lax.while_loop(cond, body, st)
     cmask = completion_mask(st.comp, eos_id)
     return SampleOutput(
