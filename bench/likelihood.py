@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from diffpo_jax import sharding as shd  # noqa: E402
 from diffpo_jax.models import llada  # noqa: E402
 from diffpo_jax.rl import likelihood as lk  # noqa: E402
 
@@ -146,10 +147,11 @@ def model_config(args) -> llada.LLaDAConfig:
 def run(args: argparse.Namespace) -> dict:
     common.set_torch_threads(args.torch_threads)
     cfg = model_config(args)
-    model = common.build_llada(cfg, seed=args.seed, lora_b_std=0.02)
+    mesh = shd.make_mesh(data=1, fsdp=-1, tp=1)
+    model = common.build_llada(cfg, seed=args.seed, lora_b_std=0.02, mesh=mesh)
     graphdef, state = nnx.split(model)
     arrays = common.rl_inputs(cfg, args.batch, args.prompt_len, args.gen_length, args.seed)
-    ja = jax.device_put({k: jnp.asarray(v) for k, v in arrays.items()})
+    ja = jax.device_put({k: jnp.asarray(v) for k, v in arrays.items()}, shd.batch_sharding(mesh, 1))
     key = jax.random.key(args.seed + 1)
     tdev = None if args.no_torch else common.default_torch_device()
     tm = None
@@ -167,7 +169,8 @@ def run(args: argparse.Namespace) -> dict:
             raise SystemExit(f"--surrogates: unknown {kind!r}; choose from {SURROGATES}")
         fn = jax_surrogate_fn(graphdef, kind, args.p_mask, args.chunk)
         t0 = time.perf_counter()
-        lp = np.asarray(jax.block_until_ready(fn(state, ja, key)))
+        with shd.use_mesh(mesh):
+            lp = np.asarray(jax.block_until_ready(fn(state, ja, key)))
         compile_s = time.perf_counter() - t0
         fns = {f"jax {kind} (jit)": lambda fn=fn: jax.block_until_ready(fn(state, ja, key))}
         if tm is not None:
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace) -> dict:
             fns[f"torch {kind} eager ({tdev}, {torch.get_num_threads()} threads)"] = torch_call
         else:
             notes.append(f"{kind}: jax compile+first call {compile_s:.2f}s")
-        with common.profile(args.profile and os.path.join(args.profile, kind)):
+        with shd.use_mesh(mesh), common.profile(args.profile and os.path.join(args.profile, kind)):
             timed = common.time_interleaved(fns, args.warmup, args.iters)
         rows_fwd = args.batch * (2 if kind == "2mf" else 1)
         flops = common.forward_flops(cfg, rows_fwd, args.prompt_len + args.gen_length, head_tokens=n_tok, lora=True)
