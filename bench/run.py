@@ -113,6 +113,9 @@ def main(argv=None) -> list:
         raise SystemExit("bench.run: --config llada8b needs a GPU or TPU: jax sees only CPU devices here, and the "
                          "8B model (random bf16 weights, ~16 GB per copy, two copies with torch) is not benchmarked "
                          "on CPU. Run it on an accelerator machine, or use --config tiny.")
+    if not args.no_torch and not common.on_cpu() and common.default_torch_device() == "cpu":
+        print("# torch has no CUDA device here while JAX runs on an accelerator: JAX only (--no_torch)")
+        args.no_torch = True
     import importlib
     command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     env = common.env_line(None if args.no_torch else common.default_torch_device())
