@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> dict:
 
         with torch.inference_mode():
             ref = tm(tt).float().cpu().numpy()
-        notes.append(f"max |logits_jax - logits_torch| = {float(np.abs(np.asarray(logits, np.float32) - ref).max()):.2e}")
+        diff = float(np.abs(np.asarray(logits, np.float32) - ref).max())
+        notes.append(f"max |logits_jax - logits_torch| = {diff:.2e}")
         for n in threads:
             fns[f"torch {torch.__version__} eager ({tdev}, {n} threads)"] = torch_fwd(n)
     with shd.use_mesh(mesh), common.profile(args.profile):

@@ -58,7 +58,8 @@ SETTINGS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0],
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(BENCHES), help=f"comma list from {BENCHES}")
     ap.add_argument("--config", default="tiny", choices=("tiny", "llada8b"))
     ap.add_argument("--quick", action="store_true", help="smallest shapes, 1 warm-up, 2 timed calls (tiny only)")
