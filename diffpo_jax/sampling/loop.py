@@ -21,20 +21,21 @@ Only the current block's logits are formed: the model's final hidden states `[B,
 are cut to each row's block `[B, Lb, D]` before the LM head, so `[B, Lb, V]` (not
 `[B, P+L, V]`) is materialised per step.
 
-KV cache (`cfg.kv_cache` 'prefix' | 'dual', Fast-dLLM's approximate cache): the first
-forward of every block is the full forward above, which also returns every layer's keys and
-values `[N, B, P+L, Hkv, hd]` (`LLaDA.hidden_and_kv`); they are carried in the loop state. The
-block's later forwards run `LLaDA.hidden_with_cache` on a window only: 'prefix' = the current
-block and everything after it (`L - j*Lb` positions in block j; one `lax.switch` branch per
-block, so each branch has a static width), 'dual' = the current block alone (`Lb`). The
-window's fresh keys/values replace the cached ones inside that forward; the carried cache
-changes only at the next block's full forward. NFE: one model call = 1 NFE, full or partial
-(so a row's NFE counts exactly the same steps as without a cache; `forwards` counts batched
-calls, of which `n_blocks` are full). With a cache the rows move through the blocks in
-lockstep, as in Fast-dLLM: one full forward must serve every row, so a row that fills its block
-early idles (a no-op, NFE not counted) until every row has filled it. A row's tokens therefore
-do not depend on the other rows (at T = 0), but a batch costs `sum over blocks of max_b`
-steps. Rules 'fixed' and 'topk' take the same number of steps in every row anyway.
+KV cache (`cfg.kv_cache` 'prefix' | 'dual', Fast-dLLM's approximate cache): the loop runs
+one iteration per block; it starts with the full forward above, which also returns every
+layer's post-RoPE keys and values `[N, B, P+L, Hkv, hd]` (`LLaDA.hidden_and_kv`), and an inner
+`lax.while_loop` then runs the block's later steps with `LLaDA.hidden_with_cache` on a window
+only: 'prefix' = the current block and everything after it (`L - j*Lb` positions in block j;
+one `lax.switch` branch per block, so each has a static width), 'dual' = the current block
+alone (`Lb`). Inside such a forward the window's fresh keys/values replace the cached ones;
+the cache itself is closed over by the inner loop (never carried or copied) and is rebuilt by
+the next block's full forward. NFE: one model call = 1 NFE, full or partial (a row's NFE
+counts its steps exactly as without a cache; `forwards` counts batched calls, `n_blocks` of
+them full). With a cache the rows move through the blocks in lockstep, as in Fast-dLLM: one
+full forward serves every row, so a row that fills its block early idles (a no-op, NFE not
+counted) until every row has filled it. A row's tokens therefore do not depend on the other
+rows (at T = 0), but a batch costs `sum over blocks of max_b` steps. Rules 'fixed' and 'topk'
+take the same number of steps in every row anyway.
 
 Padding (`cfg.use_padding_mask`): off by default = LLaDA's released code and d1, whose
 model ignores `attention_mask` (left pads are EOS tokens that every position attends to);
@@ -50,7 +51,6 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from diffpo_jax import sharding as shd
 from diffpo_jax.sampling import rules
 from diffpo_jax.sampling.config import SamplerConfig
 
@@ -94,8 +94,7 @@ class _State(NamedTuple):
     logp: jax.Array  # [B, L] f32
     logp_t: jax.Array  # [B, L] f32
     it: jax.Array  # [] int32 forwards run
-    refresh: jax.Array  # [] bool: the next forward starts a block (full forward, new cache)
-    cache: tuple  # (k, v) [N, B', P+L, Hkv, hd] with a KV cache (B' = 2B under CFG), else ()
+    block_over: jax.Array  # [] bool, KV cache only: every row has finished the current block
 
 
 def completion_mask(completion: jax.Array, eos_id: int) -> jax.Array:
@@ -148,45 +147,35 @@ def _block_logits(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len
     return _guide(cfg, logits, b)
 
 
-def _empty_cache(model, rows: int, length: int) -> tuple:
-    """Zero (k, v) `[N, rows, length, Hkv, hd]` in the model's compute dtype (the loop's initial
-    cache; the first forward is always a full one that replaces it)."""
-    mcfg = model.cfg
-    shape = (mcfg.n_layers, rows, length, mcfg.n_kv_heads, mcfg.head_dim)
-    zeros = jnp.zeros(shape, jnp.dtype(mcfg.compute_dtype))
-    zeros = shd.constrain(zeros, ("layers", "batch", "length", "heads", None))
-    return zeros, zeros
-
-
-def _cached_block_logits(model, cfg: SamplerConfig, x, padding_mask, onehot, blk, refresh, cache,
-                         prompt_len: int, mask_id: int):
-    """(fp32 logits `[B, Lb, V]` of the current block `blk` ([] int32, the same for every row),
-    new cache). refresh: full forward + new cache; else a window forward against `cache`."""
-    b, lb, nb = x.shape[0], cfg.block_length, cfg.n_blocks
+def _full_logits_and_cache(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len: int, mask_id: int):
+    """A block's first forward with a KV cache: (fp32 logits `[B, Lb, V]` of the current block,
+    (k, v) `[N, B', P+L, Hkv, hd]` of every layer; B' = 2B under CFG)."""
+    b = x.shape[0]
     x, padding_mask = _model_rows(cfg, x, padding_mask, prompt_len, mask_id)
     if cfg.uses_cfg:
         onehot = jnp.concatenate([onehot, onehot], axis=0)
+    h, k, v = model.hidden_and_kv(x, padding_mask, lora=cfg.lora)
+    return _guide(cfg, model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot)), b), (k, v)
 
-    def full(old):
-        del old
-        h, k, v = model.hidden_and_kv(x, padding_mask, lora=cfg.lora)
-        return model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot)), (k, v)
+
+def _window_logits(model, cfg: SamplerConfig, x, padding_mask, blk, cache, prompt_len: int, mask_id: int):
+    """A later forward of block `blk` ([] int32, the same for every row) against `cache`: fp32
+    logits `[B, Lb, V]` from the window 'prefix' = block..end (one `lax.switch` branch per block,
+    each with a static width) or 'dual' = the block."""
+    b, lb, nb = x.shape[0], cfg.block_length, cfg.n_blocks
+    x, padding_mask = _model_rows(cfg, x, padding_mask, prompt_len, mask_id)
 
     def window(start, width):
-        def run(kv):
-            part = jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
-            h = model.hidden_with_cache(part, start, kv[0], kv[1], padding_mask, lora=cfg.lora)
-            return model.logits_from_hidden(h[:, :lb]), kv
-        return run
+        part = jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
+        h = model.hidden_with_cache(part, start, cache[0], cache[1], padding_mask, lora=cfg.lora)
+        return model.logits_from_hidden(h[:, :lb])
 
-    if cfg.kv_cache == "dual":  # the current block only
-        branches = [full, window(prompt_len + blk * lb, lb)]
-        index = jnp.where(refresh, 0, 1)
-    else:  # prefix: the current block and everything after it, a static width per block
-        branches = [full] + [window(prompt_len + j * lb, (nb - j) * lb) for j in range(nb)]
-        index = jnp.where(refresh, 0, 1 + jnp.clip(blk, 0, nb - 1))
-    logits, cache = jax.lax.switch(index.astype(jnp.int32), branches, cache)
-    return _guide(cfg, logits, b), cache
+    if cfg.kv_cache == "dual":
+        logits = window(prompt_len + blk * lb, lb)
+    else:
+        branches = [lambda j=j: window(prompt_len + j * lb, (nb - j) * lb) for j in range(nb)]
+        logits = jax.lax.switch(jnp.clip(blk, 0, nb - 1).astype(jnp.int32), branches)
+    return _guide(cfg, logits, b)
 
 
 def _select(cfg: SamplerConfig, prop: rules.Proposal, eligible, st: _State, key, gamma, threshold):
@@ -232,16 +221,10 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
     def masks_in_block(comp, blk):
         return jnp.sum(_take_block(comp == mask_id, onehot_of(blk)), axis=-1).astype(jnp.int32)
 
-    def body(st: _State) -> _State:
+    def step(st: _State, logits: jax.Array) -> _State:
+        """Reveal tokens from this forward's block logits `[B, Lb, V]` f32; one loop iteration."""
         onehot = onehot_of(st.blk)
         live = st.blk < nb
-        x = jnp.concatenate([prompt_tokens, st.comp], axis=1)
-        cache = st.cache
-        if cfg.uses_cache:  # rows are in lockstep: one block index for all
-            logits, cache = _cached_block_logits(model, cfg, x, padding_mask, onehot, jnp.min(st.blk), st.refresh,
-                                                 cache, p, mask_id)
-        else:
-            logits = _block_logits(model, cfg, x, padding_mask, onehot, p, mask_id)
         if cfg.logits_eos_inf:
             logits = logits.at[..., eos_id].set(-jnp.inf)
         k_noise, k_select = jax.random.split(jax.random.fold_in(key, st.it))
@@ -258,10 +241,10 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
             block_done = live & (block_step >= cfg.max_steps_per_block)
         else:
             block_done = live & ~jnp.any(eligible & ~select, axis=-1)
-        refresh = st.refresh
+        block_over = st.block_over
         if cfg.uses_cache:  # lockstep: the block ends when every live row has filled it
-            refresh = jnp.all(block_done | ~live)
-            block_done = live & refresh
+            block_over = jnp.all(block_done | ~live)
+            block_done = live & block_over
         blk = st.blk + block_done.astype(jnp.int32)
         return _State(
             comp=comp, blk=blk,
@@ -271,7 +254,25 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
             unmask_step=jnp.where(reveal, nfe[:, None], st.unmask_step),
             logp=jnp.where(reveal, jnp.tile(prop.logp, (1, nb)), st.logp),
             logp_t=jnp.where(reveal, jnp.tile(prop.logp_tempered, (1, nb)), st.logp_t),
-            it=st.it + 1, refresh=refresh, cache=cache)
+            it=st.it + 1, block_over=block_over)
+
+    def seq(st: _State) -> jax.Array:
+        return jnp.concatenate([prompt_tokens, st.comp], axis=1)
+
+    def body(st: _State) -> _State:  # no cache: one full forward per iteration
+        return step(st, _block_logits(model, cfg, seq(st), padding_mask, onehot_of(st.blk), p, mask_id))
+
+    def block_body(st: _State) -> _State:
+        """KV cache: one whole block (rows in lockstep). The full forward's cache is closed over
+        by the inner loop, not carried, so the window steps never copy it."""
+        logits, cache = _full_logits_and_cache(model, cfg, seq(st), padding_mask, onehot_of(st.blk), p, mask_id)
+        st = step(st, logits)
+        blk = jnp.min(st.blk)  # the same for every row while the block runs
+
+        def window_body(s: _State) -> _State:
+            return step(s, _window_logits(model, cfg, seq(s), padding_mask, blk, cache, p, mask_id))
+
+        return jax.lax.while_loop(lambda s: ~s.block_over & (s.it < cfg.max_steps), window_body, st)
 
     def cond(st: _State):
         return (st.it < cfg.max_steps) & jnp.any(st.blk < nb)
@@ -281,9 +282,8 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
     st = _State(comp=comp0, blk=zeros_b, block_step=zeros_b, block_masks=masks_in_block(comp0, zeros_b),
                 nfe=zeros_b, unmask_step=jnp.zeros((b, n_len), jnp.int32),
                 logp=jnp.zeros((b, n_len), jnp.float32), logp_t=jnp.zeros((b, n_len), jnp.float32),
-                it=jnp.zeros((), jnp.int32), refresh=jnp.ones((), bool),
-                cache=_empty_cache(model, b * (2 if cfg.uses_cfg else 1), p + n_len) if cfg.uses_cache else ())
-    st = jax.lax.while_loop(cond, body, st)
+                it=jnp.zeros((), jnp.int32), block_over=jnp.zeros((), bool))
+    st = jax.lax.while_loop(cond, block_body if cfg.uses_cache else body, st)
     cmask = completion_mask(st.comp, eos_id)
     return SampleOutput(
         tokens=jnp.concatenate([prompt_tokens, st.comp], axis=1), unmask_step=st.unmask_step,
