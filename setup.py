@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["diffpo_jax", "diffpo_jax.*"]),
+    packages=find_packages(include=["diffpo_jax", "diffpo_jax.*", "configs"]),
     include_package_data=True,
     package_data={"diffpo_jax": ["assets/**/*"]},
     install_requires=[

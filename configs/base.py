@@ -22,7 +22,8 @@ def get_config():
     c.model.lora_rank = 128       # d1: r 128, alpha 64
     c.model.lora_alpha = 64.0
     c.model.lora_targets = ("q_proj", "k_proj", "v_proj", "up_proj")  # what d1's PEFT config effectively hits
-    c.model.tokenizer_dir = ""    # "" = hf_dir
+    c.model.tokenizer_dir = ""    # "" = hf_dir (and the tiny char tokenizer when both are empty)
+    c.model.overrides = ml_collections.ConfigDict()  # any other LLaDAConfig field (tiny models)
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tp=1))
 
@@ -32,6 +33,8 @@ def get_config():
     c.task.train_path = ""        # MATH train split (not shipped): a user-supplied jsonl
     c.task.prompt_style = "d1"    # d1 (system prompt + chat template) | compact (tiny demo models)
     c.task.max_prompt_length = 200
+    c.task.add_reasoning = ml_collections.FieldReference(None, field_type=bool)  # None: d1 (eval yes, train no)
+    c.task.generator = ml_collections.ConfigDict()  # Countdown/Sudoku generator kwargs (e.g. min_empty)
 
     c.sampler = ml_collections.ConfigDict()
     c.sampler.rule = "fixed"      # d1 rollouts: low-confidence, 256 tokens, block 32, 128 steps
@@ -81,11 +84,13 @@ def get_config():
     c.train.eval_items = 64        # held-out items per periodic eval (0 = off)
     c.train.eval_batch = 32
     c.train.export_hf = False      # at the end: LoRA-merged HF export + PEFT adapter
+    c.train.tensorboard = True     # <out_dir>/tb
 
     c.eval = ml_collections.ConfigDict()
     c.eval.rule = "eb"             # rule for evaluation; the paper's Pareto axis is EB gamma
     c.eval.gen_length = 256
     c.eval.block_length = 32
     c.eval.steps = 128
+    c.eval.gamma = 0.1
     c.eval.gammas = (0.1,)         # fixed-gamma sweep for the Pareto plot
     return c

@@ -170,6 +170,36 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def global_batch(local: np.ndarray, mesh: Optional[jax.sharding.Mesh]) -> jax.Array:
+    """This process's rows `[B_local, ...]` -> the global batch `[B_local · n_processes, ...]`
+    sharded over ('data', 'fsdp'); process i's rows come i-th. One process: `jnp.asarray`
+    (placed on the mesh's batch sharding when a mesh is given)."""
+    local = np.asarray(local)
+    if mesh is None:
+        return jax.numpy.asarray(local)
+    sharding = NamedSharding(mesh, P(("data", "fsdp"), *([None] * (local.ndim - 1))))
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
+    return jax.make_array_from_process_local_data(sharding, local)
+
+
+def local_rows(x: jax.Array, mesh: Optional[jax.sharding.Mesh]) -> np.ndarray:
+    """Inverse of `global_batch`: this process's rows of a batch-sharded global array, as numpy."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    spec = P(("data", "fsdp"), *([None] * (x.ndim - 1)))
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
+def host_value(x: jax.Array) -> np.ndarray:
+    """The whole value of a (possibly multi-host) array on every process (all-gather if needed)."""
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+        return np.asarray(x) if getattr(x, "is_fully_addressable", True) else np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 # ---------------------------------------------------------------- local CPU clusters
 
 def free_port() -> int:

@@ -1,13 +1,19 @@
-"""Rollout: prompts -> G completions each (the configured sampler) -> rewards -> RL batch.
+"""Rollout: a GRPO prompt batch -> G completions per prompt (the configured sampler) -> rewards
+-> the RL batch of `rl.train_step`.
 
-    batch, info = rollout(policy, sampler, prompt [N, P], prompt_mask [N, P], items, reward_fn,
-                          key, cfg, tokenizer)
+    batch, info = rollout(policy, sampler, prompt_rows [B, P], mask_rows [B, P], items_rows,
+                          reward_fn, key, cfg, tokenizer, mesh=mesh)
 
-Rows are grouped consecutively: rows g·G … g·G+G−1 are prompt g's completions (the layout
-`rl.losses.group_advantages` expects). With `cfg.joint_sampler`, the threshold head gives
-μ(p) from the first forward `[p, M…M]` (prompt features), and each row decodes with its own
-γ_g = clip(μ + σ ε_g, 0, γ_max) (SPEC §5); the raw draws go into the batch for REINFORCE.
-The returned batch satisfies the `rl.train_step` contract.
+Rows come grouped as `tasks.data.grpo_dataset` makes them: rows g·G … g·G+G−1 are prompt g's
+G copies (the layout `rl.losses.group_advantages` expects). With `cfg.joint_sampler` the
+threshold head gives μ_φ(p) from one forward of `[p, M…M]` per prompt (prompt features,
+computed with the rollout-time LoRA, i.e. θ_old), and each row decodes with its own
+γ = clip(μ + σ ε, 0, γ_max) (SPEC §5); the raw draws and the features go into the batch
+(`gamma_raw [B]`, `head_features [B, D]`) so the head's PPO ratio is a function of φ alone.
+
+Multi-host: each process passes ITS rows (`[B_local, P]`, from a per-process data shard);
+the arrays of the returned batch are global (`[B_local · n_proc, …]`, sharded over
+('data', 'fsdp')); rewards are computed by each process for its own rows.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffpo_jax.models.threshold_head import Policy, llm_prompt_features, sample_gamma
+from diffpo_jax.distributed import global_batch, local_rows
+from diffpo_jax.models.threshold_head import Policy, llm_prompt_features
 from diffpo_jax.rl.config import RLConfig
 from diffpo_jax.sampling import Sampler
 
@@ -32,48 +39,63 @@ def decode_completions(tokenizer, completion: np.ndarray, completion_mask: np.nd
 
 
 def head_mu(policy: Policy, prompt: jax.Array, prompt_mask: jax.Array, gen_length: int,
-            use_padding_mask: bool = False) -> jax.Array:
-    """μ_φ(p) `[N] f32` from the threshold head (evaluation γ; rollout centre)."""
+            use_padding_mask: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(μ_φ(p) `[B] f32`, prompt features `[B, D] f32`) for prompt rows `[B, P]`."""
     feats = llm_prompt_features(policy.llm, prompt, prompt_mask, gen_length, use_padding_mask=use_padding_mask)
-    return policy.head(feats)
+    return policy.head(feats), feats
 
 
-_head_mu_jit = nnx.jit(head_mu, static_argnums=(3, 4))
+@nnx.jit(static_argnums=(3, 4, 5))
+def _draw_gamma(policy: Policy, prompt_rows: jax.Array, mask_rows: jax.Array, gen_length: int, group: int,
+                use_padding_mask: bool, key: jax.Array, sigma: jax.Array, gamma_max: jax.Array):
+    """Per-row γ for a grouped batch: μ and features from each group's first row (one forward per
+    prompt), repeated over its G rows; raw = μ + σ ε, γ = clip(raw, 0, γ_max). -> (γ, raw, feats)."""
+    mu, feats = head_mu(policy, prompt_rows[::group], mask_rows[::group], gen_length, use_padding_mask)
+    mu, feats = jnp.repeat(mu, group, axis=0), jnp.repeat(feats, group, axis=0)
+    raw = mu + sigma * jax.random.normal(key, mu.shape, jnp.float32)
+    return jnp.clip(raw, 0.0, gamma_max), raw, feats
 
 
-def rollout(policy: Policy, sampler: Sampler, prompt: np.ndarray, prompt_mask: np.ndarray,
-            items: Sequence[dict], reward_fn: Callable[[str, dict], dict], key: jax.Array, cfg: RLConfig,
-            tokenizer, temperature: Optional[float] = None) -> tuple[dict, dict]:
-    """One GRPO rollout (see module doc). prompt `[N, P] int32` left-padded, items: N task items;
-    reward_fn(text, item) -> {component: value} (summed into the reward). Returns (batch, info)
-    where info holds the texts, per-component rewards `[N·G]` and the γ used."""
+def rollout(policy: Policy, sampler: Sampler, prompt_rows: np.ndarray, mask_rows: np.ndarray,
+            items_rows: Sequence[dict], reward_fn: Callable[[str, dict], dict], key: jax.Array, cfg: RLConfig,
+            tokenizer, temperature: Optional[float] = None,
+            mesh: Optional[jax.sharding.Mesh] = None) -> tuple[dict, dict]:
+    """One GRPO rollout (see module doc).
+
+    prompt_rows `[B, P] int32` left-padded, G consecutive copies per prompt; mask_rows `[B, P] bool`;
+    items_rows: B task items (one per row); reward_fn(text, item) -> {component: value} (summed into
+    the reward). Returns (batch, info): batch per the `rl.train_step` contract; info holds this
+    process's texts, per-component rewards, NFE and γ (numpy, local rows).
+    """
     g = cfg.num_generations
+    if len(prompt_rows) % g or len(items_rows) != len(prompt_rows):
+        raise ValueError(f"rollout: {len(prompt_rows)} prompt rows / {len(items_rows)} items: need one item per "
+                         f"row and a multiple of num_generations={g} rows")
     k_gamma, k_sample = jax.random.split(key)
-    rows_prompt = np.repeat(np.asarray(prompt, np.int32), g, axis=0)
-    rows_mask = np.repeat(np.asarray(prompt_mask, bool), g, axis=0)
-    gamma = gamma_raw = None
+    prompt = global_batch(np.asarray(prompt_rows, np.int32), mesh)
+    pmask = global_batch(np.asarray(mask_rows, bool), mesh)
+    gamma = gamma_raw = feats = None
     if cfg.joint_sampler:
-        mu = _head_mu_jit(policy, jnp.asarray(prompt, jnp.int32), jnp.asarray(prompt_mask, bool),
-                          sampler.cfg.gen_length, cfg.use_padding_mask)
-        gamma, gamma_raw = sample_gamma(mu, cfg.sigma, k_gamma, g, cfg.gamma_max)
+        gamma, gamma_raw, feats = _draw_gamma(policy, prompt, pmask, sampler.cfg.gen_length, g, cfg.use_padding_mask,
+                                              k_gamma, jnp.float32(cfg.sigma), jnp.float32(cfg.gamma_max))
     _, llm_state = nnx.split(policy.llm)
-    out = sampler(llm_state, rows_prompt, rows_mask, k_sample, gamma=gamma, temperature=temperature)
-    p_len = rows_prompt.shape[1]
-    completion = np.asarray(out.tokens)[:, p_len:]
-    cmask = np.asarray(out.completion_mask)
-    texts = decode_completions(tokenizer, completion, cmask)
-    comps = [reward_fn(text, items[i // g]) for i, text in enumerate(texts)]
+    out = sampler(llm_state, prompt, pmask, k_sample, gamma=gamma, temperature=temperature)
+    p_len = prompt.shape[1]
+    completion = out.tokens[:, p_len:]
+    comp_local, cmask_local = local_rows(completion, mesh), local_rows(out.completion_mask, mesh)
+    texts = decode_completions(tokenizer, comp_local, cmask_local)
+    comps = [reward_fn(text, items_rows[i]) for i, text in enumerate(texts)]
     names = sorted({k for c in comps for k in c})
     per_comp = {k: np.array([c.get(k, 0.0) for c in comps], np.float32) for k in names}
     rewards = np.sum([per_comp[k] for k in names], axis=0).astype(np.float32)
     batch = {
-        "prompt": jnp.asarray(rows_prompt), "prompt_mask": jnp.asarray(rows_mask),
-        "completion": jnp.asarray(completion, jnp.int32), "completion_mask": jnp.asarray(cmask),
-        "unmask_step": out.unmask_step, "behaviour_logp": out.behaviour_logp, "nfe": out.nfe,
-        "rewards": jnp.asarray(rewards),
+        "prompt": prompt, "prompt_mask": pmask, "completion": completion.astype(jnp.int32),
+        "completion_mask": out.completion_mask, "unmask_step": out.unmask_step,
+        "behaviour_logp": out.behaviour_logp, "nfe": out.nfe, "rewards": global_batch(rewards, mesh),
     }
     if cfg.joint_sampler:
-        batch["gamma_raw"] = gamma_raw
-    info = {"texts": texts, "reward_components": per_comp, "nfe": np.asarray(out.nfe),
-            "gamma": None if gamma is None else np.asarray(gamma)}
+        batch["gamma_raw"], batch["head_features"] = gamma_raw, feats
+    info = {"texts": texts, "reward_components": per_comp, "rewards": rewards, "nfe": local_rows(out.nfe, mesh),
+            "completion_length": local_rows(out.completion_length, mesh),
+            "gamma": None if gamma is None else local_rows(gamma, mesh)}
     return batch, info

@@ -251,6 +251,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: RLConfig, tx: optax.GradientTra
             if batch["completion"].shape[0] % shards:
                 raise ValueError(f"RL batch has {batch['completion'].shape[0]} rows, not divisible by the mesh's "
                                  f"data x fsdp = {shards} batch shards")
+            batch = jax.device_put(batch, NamedSharding(mesh, P(("data", "fsdp"))))  # e.g. sampler outputs
         with shd.use_mesh(mesh):
             return jitted(trainable, opt_state, frozen, batch, rng)
 

@@ -1,0 +1,131 @@
+"""From an ml-collections experiment config (configs/base.py) to the typed objects the code uses.
+
+    rl_cfg = rl_config(config)                       # rl.RLConfig
+    sampler_cfg = sampler_config(config.sampler, llm.cfg)
+    mesh = build_mesh(config)
+    llm, tokenizer = build_llm(config, mesh)          # HF checkpoint (hf_dir) or a preset
+    policy = build_policy(config, llm, rl_cfg)        # Policy(llm, ThresholdHead | None)
+
+Every error names the config field (`config.rl.lr`, `config.model.hf_dir`, ...) and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+from flax import nnx
+
+from diffpo_jax import sharding as shd
+from diffpo_jax.models import llada
+from diffpo_jax.models.threshold_head import Policy, ThresholdHead
+from diffpo_jax.rl.config import RLConfig
+from diffpo_jax.sampling import SamplerConfig
+
+TINY_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny_tokenizer")
+# LLaDAConfig fields the `model` section may set (the rest come from hf_dir or the preset).
+MODEL_FIELDS = ("param_dtype", "compute_dtype", "remat", "attention_impl", "lora_rank", "lora_alpha",
+                "lora_targets")
+
+
+class ConfigError(ValueError):
+    """A bad experiment config; the message names the field (`config.section.field`)."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ml_collections.ConfigDict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def make_dataclass(cls, section: ml_collections.ConfigDict, prefix: str, skip: tuple = (), **extra):
+    """`cls(**section, **extra)` with errors that name `config.<prefix>.<field>`."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: _plain(v) for k, v in section.items() if k not in skip}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"config.{prefix}.{unknown[0]}: unknown field for {cls.__name__}; "
+                          f"valid fields: {sorted(fields)}")
+    try:
+        return cls(**{**values, **extra})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.{prefix}: {e}") from None
+
+
+def rl_config(config: ml_collections.ConfigDict) -> RLConfig:
+    return make_dataclass(RLConfig, config.rl, "rl")
+
+
+def sampler_config(section: ml_collections.ConfigDict, model_cfg: llada.LLaDAConfig, prefix: str = "sampler",
+                   **extra) -> SamplerConfig:
+    """The sampler of a config section (`sampler` or `eval`), ids taken from the model."""
+    skip = tuple(k for k in ("gammas", "thresholds", "items", "batch") if k in section)
+    cfg = make_dataclass(SamplerConfig, section, prefix, skip=skip, mask_token_id=model_cfg.mask_token_id,
+                         eos_token_id=model_cfg.eos_token_id, **extra)
+    return cfg
+
+
+def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    try:
+        return shd.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.tp))
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: {e}") from None
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict:
+    """LLaDAConfig overrides from `config.model` (MODEL_FIELDS + the free-form `overrides` dict)."""
+    m = config.model
+    out = {k: _plain(m[k]) for k in MODEL_FIELDS if k in m}
+    out.update(_plain(m.get("overrides", ml_collections.ConfigDict())))
+    return out
+
+
+def load_tokenizer(config: ml_collections.ConfigDict):
+    import transformers
+    from transformers import AutoTokenizer
+
+    transformers.logging.set_verbosity_error()  # model-type notices about LLaDA's config.json
+
+    path = config.model.get("tokenizer_dir", "") or config.model.hf_dir or TINY_TOKENIZER
+    if not os.path.isdir(path):
+        raise ConfigError(f"config.model.tokenizer_dir: {path!r} is not a directory; point it (or "
+                          "config.model.hf_dir) at a local tokenizer (tokenizer.json + tokenizer_config.json)")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mesh]):
+    """(LLaDA on `mesh`, tokenizer). `config.model.hf_dir` = HF checkpoint (convert/hf_import),
+    else a random-init `config.model.preset` (tests, benchmarks)."""
+    overrides = model_overrides(config)
+    seed = int(config.seed)
+    if config.model.hf_dir:
+        from diffpo_jax.convert.hf_import import load_hf
+
+        if not os.path.isdir(config.model.hf_dir):
+            raise ConfigError(f"config.model.hf_dir: {config.model.hf_dir!r} is not a directory; convert or "
+                              "download the checkpoint first (README: Converting a real checkpoint)")
+        llm = load_hf(config.model.hf_dir, mesh, seed=seed, **overrides)
+    else:
+        try:
+            cfg = llada.get_preset(config.model.preset, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config.model: {e}") from None
+        make = lambda: llada.LLaDA(cfg, rngs=nnx.Rngs(seed))  # noqa: E731
+        llm = shd.create_sharded(make, mesh) if mesh is not None else make()
+    return llm, load_tokenizer(config)
+
+
+def build_policy(llm: llada.LLaDA, rl_cfg: RLConfig, seed: int = 0) -> Policy:
+    """Policy(llm, head): the threshold head (replicated, fp32) only for the joint sampler."""
+    if llm.cfg.lora_rank < 1:
+        raise ConfigError("config.model.lora_rank: RL trains LoRA adapters; set lora_rank >= 1")
+    head = None
+    if rl_cfg.joint_sampler:
+        head = ThresholdHead(llm.cfg.d_model, gamma_max=rl_cfg.gamma_max, gamma_init=rl_cfg.gamma_init,
+                             hidden=rl_cfg.head_hidden, rngs=nnx.Rngs(seed + 1))
+    return Policy(llm, head)

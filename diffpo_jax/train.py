@@ -1,0 +1,273 @@
+"""DiFFPO / d1 RL training: `python -m diffpo_jax.train --config configs/<exp>.py [--config.x=y ...]`.
+
+Each step (one rollout):
+  prompts (grain, per-process shard)  ->  G completions each with the configured sampler
+  (the adaptive EB sampler draws γ around the threshold head's μ(p) when joint)  ->  rewards
+  ->  μ = `rl.num_inner` updates of the pure train step over the same rollout, each with
+  θ_old / reference log-probs from `score_fn` under the inner iteration's key  ->  metrics
+  (progress bar, console, `<out_dir>/metrics.jsonl`, TensorBoard `<out_dir>/tb`)  ->  every
+  `train.eval_every` steps accuracy + NFE on held-out items  ->  every `train.save_every`
+  steps an orbax checkpoint (LoRA + head params, optimizer state, data-iterator state, step).
+
+Exact resume: all randomness is derived from (config.seed, step), so a run restarted from the
+checkpoint of step k (automatically, from `<out_dir>/checkpoints`) reproduces the metrics of
+steps k+1… of an uninterrupted run. At the end (`train.export_hf`) the LoRA-merged model is
+written in HF format to `<out_dir>/hf` and the adapter alone to `<out_dir>/peft`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from diffpo_jax import distributed, evaluate, experiment, tasks
+from diffpo_jax.checkpointing import Checkpointer
+from diffpo_jax.models.threshold_head import Policy
+from diffpo_jax.rl.likelihood import inner_key
+from diffpo_jax.rl.rollout import head_mu, rollout
+from diffpo_jax.rl.train_step import init_train_state, make_score_fn, make_train_step
+from diffpo_jax.sampling import make_sampler
+from diffpo_jax.tasks.data import grpo_dataset
+
+
+class MetricsLog:
+    """Metrics to `<out_dir>/metrics.jsonl` (truncated to `resume_step` on resume) and TensorBoard."""
+
+    def __init__(self, out_dir: str, resume_step: int = 0, tensorboard: bool = True):
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.primary = distributed.is_primary()
+        self.tb = None
+        if not self.primary:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        kept = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+        with open(self.path, "w") as f:
+            f.writelines(kept)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(out_dir, "tb"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.primary:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _mean_metrics(per_inner: list[dict]) -> dict:
+    """Average the train step's scalar metrics over the μ inner iterations (host floats)."""
+    host = [jax.tree.map(lambda x: float(distributed.host_value(x)), m) for m in per_inner]
+    return {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def _eval_items(config) -> list[dict]:
+    n = int(config.train.eval_items)
+    return tasks.load_eval_items(config.task.name, config.task.data_dir or None, n=n or None, seed=int(config.seed))
+
+
+def make_evaluator(config, policy_ref: Callable, tokenizer, rl_cfg, mesh) -> Callable[[], dict]:
+    """evaluate() -> {'eval/accuracy', 'eval/nfe_mean', ...} with the current policy (γ = μ(p)
+    from the head when joint, else the eval section's fixed γ / threshold)."""
+    items = _eval_items(config)
+    style, add_reasoning = config.task.prompt_style, config.task.get("add_reasoning", None)
+    fmt = lambda it: tasks.format_prompt(config.task.name, it, tokenizer, "eval", add_reasoning, style)  # noqa
+    ids = evaluate.encode_prompts(config.task.name, items, tokenizer, int(config.task.max_prompt_length), fmt)
+    mu_fn = nnx.jit(head_mu, static_argnums=(3, 4))
+
+    def run() -> dict:
+        policy = policy_ref()
+        scfg = experiment.sampler_config(config.eval, policy.llm.cfg, "eval")
+        gamma_fn = None
+        if rl_cfg.joint_sampler:
+            gamma_fn = lambda p, m: mu_fn(policy, jnp.asarray(p), jnp.asarray(m), scfg.gen_length,  # noqa: E731
+                                          rl_cfg.use_padding_mask)[0]
+        _, summary = evaluate.run_eval(policy.llm, tokenizer, config.task.name, items, scfg,
+                                       batch_size=int(config.train.eval_batch), gamma_fn=gamma_fn,
+                                       key=jax.random.key(int(config.seed) + 7), mesh=mesh, prompt_ids=ids,
+                                       progress=False)
+        return {f"eval/{k}": float(v) for k, v in summary.items()}
+
+    return run
+
+
+def _checkpoint_state(ts) -> dict:
+    return {"trainable": ts.trainable, "opt_state": ts.opt_state}
+
+
+class TrainResult(NamedTuple):
+    policy: Policy        # the trained Policy (LLM with its LoRA, threshold head or None)
+    metrics: dict         # the last step's metrics (host floats)
+    out_dir: str
+
+
+def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainResult:
+    """Run (or resume) the experiment `config` (see the module doc)."""
+    rl_cfg = experiment.rl_config(config)
+    mesh = experiment.build_mesh(config)
+    llm, tokenizer = experiment.build_llm(config, mesh)
+    sampler_cfg = experiment.sampler_config(config.sampler, llm.cfg)
+    policy = experiment.build_policy(llm, rl_cfg, int(config.seed))
+    ts = init_train_state(policy, rl_cfg, mesh)
+    step_fn = make_train_step(ts.graphdef, rl_cfg, ts.tx, mesh, trainable=ts.trainable, frozen=ts.frozen)
+    score_fn = make_score_fn(ts.graphdef, rl_cfg, mesh)
+    sampler = make_sampler(nnx.split(policy.llm)[0], sampler_cfg, mesh)
+    frozen = ts.frozen
+    trainable, opt_state = ts.trainable, ts.opt_state
+    current_policy = lambda: nnx.merge(ts.graphdef, trainable, frozen)  # noqa: E731
+
+    n_proc = jax.process_count()
+    per_step = int(config.train.prompts_per_step)
+    if per_step % n_proc:
+        raise experiment.ConfigError(f"config.train.prompts_per_step={per_step} must be divisible by the "
+                                     f"{n_proc} processes")
+    gen_kwargs = experiment._plain(config.task.get("generator", ml_collections.ConfigDict()))
+    ds = grpo_dataset(config.task.name, tokenizer, n_prompts=per_step // n_proc, group_size=rl_cfg.num_generations,
+                      max_prompt_length=int(config.task.max_prompt_length), data_dir=config.task.data_dir or None,
+                      seed=int(config.seed), prompt_style=config.task.prompt_style,
+                      add_reasoning=config.task.get("add_reasoning", None),
+                      math_train_path=config.task.get("train_path", "") or None,
+                      source_seed=int(config.seed), **gen_kwargs)
+    data_iter = iter(ds)
+
+    out_dir = config.train.out_dir
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), int(config.train.keep), async_save=True)
+    start = 0
+    if ckpt.latest_step() is not None:
+        start, restored, meta = ckpt.restore(_checkpoint_state(ts))
+        trainable, opt_state = restored["trainable"], restored["opt_state"]
+        data_iter.set_state(meta["data_state"])
+        if distributed.is_primary():
+            print(f"resumed from {ckpt.directory} at step {start}")
+    elif distributed.is_primary():
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
+    log = MetricsLog(out_dir, start, tensorboard=bool(config.train.get("tensorboard", True)))
+    evaluator = make_evaluator(config, current_policy, tokenizer, rl_cfg, mesh) if config.train.eval_items else None
+    reward_fn = tasks.get_task(config.task.name).reward_components
+    base_key = jax.random.key(int(config.seed))
+    total = int(config.train.steps)
+    last: dict = {}
+    bar = tqdm(range(start, total), initial=start, total=total, desc=config.name, disable=not progress,
+               dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        data = next(data_iter)
+        k_roll, k_inner = jax.random.split(jax.random.fold_in(base_key, step))
+        batch, info = rollout(current_policy(), sampler, data["prompt_ids"], data["prompt_mask"], data["items"],
+                              reward_fn, k_roll, rl_cfg, tokenizer, temperature=float(config.sampler.temperature),
+                              mesh=mesh)
+        t_roll = time.perf_counter() - t0
+        # θ_old = the rollout-time parameters. With μ = 1 the step's own stop_grad(θ) is θ_old
+        # (and the reference is computed inside the step), so the scoring forwards are skipped.
+        old = jax.tree.map(jnp.copy, trainable) if rl_cfg.num_inner > 1 else None
+        per_inner = []
+        for k in range(rl_cfg.num_inner):
+            rng = inner_key(k_inner, k)
+            inner = dict(batch)
+            if old is not None:
+                inner.update(score_fn(old, frozen, batch, rng))
+            trainable, opt_state, m = step_fn(trainable, opt_state, frozen, inner, rng)
+            per_inner.append(m)
+        metrics = _mean_metrics(per_inner)
+        metrics.update({f"reward/{k}": float(v.mean()) for k, v in info["reward_components"].items()})
+        metrics.update({"reward/mean": float(info["rewards"].mean()), "rollout/nfe_mean": float(info["nfe"].mean()),
+                        "rollout/completion_length": float(info["completion_length"].mean()),
+                        "time/rollout_s": t_roll, "time/step_s": time.perf_counter() - t0})
+        if info["gamma"] is not None:
+            metrics["rollout/gamma_mean"] = float(info["gamma"].mean())
+        done = step + 1
+        if evaluator is not None and int(config.train.eval_every) > 0 and (
+                done % int(config.train.eval_every) == 0 or done == total):
+            metrics.update(evaluator())
+        log.write(done, metrics)
+        last = metrics
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", nfe=f"{metrics['rollout/nfe_mean']:.1f}",
+                        refresh=False)
+        if progress and int(config.train.log_every) > 0 and done % int(config.train.log_every) == 0:
+            tqdm.write(_console_line(done, metrics))
+        if done % int(config.train.save_every) == 0 or done == total:
+            ckpt.save(done, {"trainable": trainable, "opt_state": opt_state},
+                      {"step": done, "data_state": _json_state(data_iter.get_state()), "name": config.name})
+    ckpt.close()
+    log.close()
+    final = current_policy()
+    if config.train.export_hf and start < total:
+        _export(final, config, out_dir)
+    return TrainResult(final, last, out_dir)
+
+
+def _json_state(state):
+    """grain iterator state -> JSON-safe (numpy scalars to Python)."""
+    return json.loads(json.dumps(state, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
+
+
+def _console_line(step: int, m: dict) -> str:
+    keys = {"reward/mean": "reward", "rollout/nfe_mean": "nfe", "rollout/gamma_mean": "gamma",
+            "train/loss": "loss", "train/clip_frac": "clip", "train/kl": "kl", "eval/accuracy": "eval_acc",
+            "eval/nfe_mean": "eval_nfe"}
+    parts = [f"{short}={m[k]:.4g}" for k, short in keys.items() if k in m]
+    return f"step {step}: " + "  ".join(parts)
+
+
+def _export(policy, config, out_dir: str) -> None:
+    from diffpo_jax.convert.hf_export import save_hf, save_peft_adapter
+
+    src = config.model.hf_dir or None
+    save_hf(policy.llm, os.path.join(out_dir, "hf"), source_dir=src, merge_lora=True)
+    save_peft_adapter(policy.llm, os.path.join(out_dir, "peft"), base_model_name_or_path=src)
+    if distributed.is_primary():
+        print(f"exported the LoRA-merged model to {out_dir}/hf and the adapter to {out_dir}/peft")
+
+
+def quiet_logs() -> None:
+    """Keep absl INFO chatter (orbax, XLA) off the console unless -v/--verbosity was given."""
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def main(argv) -> None:
+    del argv
+    quiet_logs()
+    distributed.maybe_initialize()
+    config = _CONFIG.value
+    if config is None:
+        raise SystemExit("--config is required, e.g. --config configs/demo_sudoku.py")
+    if distributed.is_primary():
+        print(distributed.process_info())
+    try:
+        train(config, progress=distributed.is_primary())
+    except experiment.ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:ARG])",
+                                              lock_config=True)
+    app.run(main)
