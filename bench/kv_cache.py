@@ -9,8 +9,8 @@ behaviour log-probs and the clamped IS weights of DiFFPO (SPEC §4), vs the unca
 For every rule and `kv_cache` in (none, prefix, dual), on the same prompts, at T = 0:
   ms / call, speed-up    median wall time of one sampler call (interleaved, compile excluded),
                          and none's time / this one.
-  forwards, NFE          batched model calls per call; mean per-row NFE (1 NFE = 1 model
-                         call, full or partial).
+  forwards, NFE          batched model calls per call (and ms per call / forwards); mean
+                         per-row NFE (1 NFE = 1 model call, full or partial).
   token agreement        fraction of completion tokens equal to the uncached sampler's.
   |Δ behaviour logp|     on the cached sampler's own rollouts, its `behaviour_logp` vs the
                          exact per-step log-prob of the same token (a full forward of the
@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> dict:
             at_c_exact = float(np.mean((mf2 - exact)[cmask] >= log_c))
             mean_w = float(np.mean(np.exp(np.minimum(mf2 - own, log_c))[cmask]))
             rows.append([rule, mode, f"{t * 1e3:.1f}", f"{base_t / t:.2f}x", int(out.forwards),
+                         f"{t * 1e3 / max(1, int(out.forwards)):.2f}",
                          f"{float(np.mean(np.asarray(nfe))):.1f}", f"{agree:.3f}",
                          f"{float(delta.mean()):.2e}", f"{float(delta.max()):.2e}",
                          f"{at_c_own:.3f}", f"{at_c_exact:.3f}", f"{mean_w:.3f}"])
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
                 f"block {args.block_length}, T = 0, {knobs}; IS clamp C = {args.clamp_c:g}; "
                 f"median of {args.iters} interleaved calls after {args.warmup} warm-up")
     return dict(title="Prefix KV cache", settings=settings, notes=notes, ratios=ratios, env=common.env_line(),
-                columns=["rule", "kv_cache", "ms / call", "speed-up", "forwards", "mean NFE", "token agreement",
+                columns=["rule", "kv_cache", "ms / call", "speed-up", "forwards", "ms / forward", "mean NFE", "token agreement",
                          "mean abs Δ logp", "max abs Δ logp", "IS at C (own)", "IS at C (exact)", "mean w (own)"],
                 rows=rows)
 

@@ -12,6 +12,11 @@ Kernels are stored `[in, out]` (torch Linear weights are `[out, in]`).
 LoRA (optional, `lora_rank > 0`): for every target projection `t`, `nnx.LoRAParam`s
 `lora_a[t] [N, in, r]` and `lora_b[t] [N, r, out]` add `(x @ A @ B) * alpha / r` to the
 projection. `lora_b` starts at zero, so a fresh adapter leaves the model unchanged.
+
+KV cache (for the sampler's approximate block cache, sampling/loop.py): `hidden_and_kv` is
+`hidden` that also returns every layer's post-RoPE keys/values `[N, B, T, Hkv, hd]`;
+`hidden_with_cache` recomputes a window `[start, start + W)` only, its queries attending to
+the window's fresh keys/values and the cached ones everywhere else.
 """
 
 from __future__ import annotations
