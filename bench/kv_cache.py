@@ -16,6 +16,8 @@ For every rule and `kv_cache` in (none, prefix, dual), on the same prompts, at T
                          exact per-step log-prob of the same token (a full forward of the
                          state before the step = what the uncached sampler would have
                          recorded on that trajectory): mean and max over completion tokens.
+                         The `none` rows give the replay's numerical floor (~1e-6 in fp32;
+                         bf16 rounding, ~1e-2 nats, on the 8B shapes).
   IS at clamp            fraction of completion tokens whose clamped IS weight
                          w = min(C, exp(logp_2MF − behaviour_logp)) sits at C, with the
                          cached sampler's behaviour_logp ('own') and with the exact one
