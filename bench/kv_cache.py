@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> dict:
                 mf2 = np.asarray(mf2_fn(state, toks, jnp.asarray(pmask), us, nfe, key_2mf))
             own = np.asarray(out.behaviour_logp)
             delta = np.abs(own - exact)[cmask]
-            agree = float(np.mean(np.asarray(toks)[:, -args.gen_length:] == np.asarray(base.tokens)[:, -args.gen_length:]))
+            comp, base_comp = (np.asarray(a)[:, -args.gen_length:] for a in (toks, base.tokens))
+            agree = float(np.mean(comp == base_comp))
             at_c_own = float(np.mean((mf2 - own)[cmask] >= log_c))
             at_c_exact = float(np.mean((mf2 - exact)[cmask] >= log_c))
             mean_w = float(np.mean(np.exp(np.minimum(mf2 - own, log_c))[cmask]))
@@ -182,14 +183,15 @@ def run(args: argparse.Namespace) -> dict:
     knobs = ", ".join(f"{r} {RULE_KNOBS[r]}={getattr(args, RULE_KNOBS[r])}" for r in args.rules.split(",")
                       if RULE_KNOBS[r])
     shape = "LLaDA-8B shapes (bf16)" if args.llada8b else f"llada.tiny(**{PRESETS[args.preset]}) (fp32)"
-    settings = (f"{shape}"
-                f"{f', {args.n_layers} layers' if args.n_layers else ''}, random weights (LM head x{args.head_scale:g}, "
+    layers = f", {args.n_layers} layers" if args.n_layers else ""
+    settings = (f"{shape}{layers}, random weights (LM head x{args.head_scale:g}, "
                 f"q/k x{args.attn_scale:g}), batch {args.batch}, prompt {args.prompt_len}, gen {args.gen_length}, "
                 f"block {args.block_length}, T = 0, {knobs}; IS clamp C = {args.clamp_c:g}; "
                 f"median of {args.iters} interleaved calls after {args.warmup} warm-up")
     return dict(title="Prefix KV cache", settings=settings, notes=notes, ratios=ratios, env=common.env_line(),
-                columns=["rule", "kv_cache", "ms / call", "speed-up", "forwards", "ms / forward", "mean NFE", "token agreement",
-                         "mean abs Δ logp", "max abs Δ logp", "IS at C (own)", "IS at C (exact)", "mean w (own)"],
+                columns=["rule", "kv_cache", "ms / call", "speed-up", "forwards", "ms / forward", "mean NFE",
+                         "token agreement", "mean abs Δ logp", "max abs Δ logp", "IS at C (own)",
+                         "IS at C (exact)", "mean w (own)"],
                 rows=rows)
 
 
