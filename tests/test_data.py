@@ -174,3 +174,25 @@ def test_eval_batches_pad_last_batch(tok):
     assert [b["valid"].tolist() for b in batches] == [[True, True], [True, True], [True, False]]
     assert [b["items"][0]["id"] for b in batches] == [items[0]["id"], items[2]["id"], items[4]["id"]]
     assert all(b["prompts"][0].endswith("<reasoning>") for b in batches)
+
+
+def test_generated_items_are_reproducible_under_threaded_prefetch(tok):
+    """Regression: grain's prefetch threads hit the Sudoku generator's lazily built grid list
+    at once, and a thread could draw from a half-built list (other puzzles on every run).
+    Starting from an empty cache, every item must equal its serially generated twin and every
+    row's ids must be its own item's prompt."""
+    from diffpo_jax.tasks import generators
+    generators._GRIDS.clear()
+    ds = D.grpo_dataset("sudoku", tok, n_prompts=4, group_size=2, max_prompt_length=48, seed=0,
+                        prompt_style="compact", add_reasoning=False, size=1000)
+    it = iter(ds)
+    batches = [next(it) for _ in range(4)]
+    assert len(generators._GRIDS) == 288  # built exactly once
+    for b in batches:
+        for row in range(0, len(b["items"]), 2):
+            item = b["items"][row]
+            index = int(item["id"].rsplit("/", 1)[1])
+            assert item["puzzle"] == generators.generate_sudoku(index, 0, exclude=D.heldout_keys("sudoku"))["puzzle"]
+            want = tok(format_prompt("sudoku", item, tok, "train", False, "compact"),
+                       add_special_tokens=False)["input_ids"]
+            assert list(b["prompt_ids"][row][b["prompt_mask"][row]]) == list(want)

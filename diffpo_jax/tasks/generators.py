@@ -10,6 +10,8 @@ test sets: `countdown_key`, `sudoku_key`) are never produced.
 
 from __future__ import annotations
 
+import threading
+
 import itertools
 from fractions import Fraction
 from typing import Iterable, Optional
@@ -143,6 +145,17 @@ def _all_grids() -> list[str]:
 
 
 _GRIDS: list[str] = []
+_GRIDS_LOCK = threading.Lock()
+
+
+def _valid_grids() -> list[str]:
+    """The 288 valid 4x4 grids, computed once. Thread-safe: grain's prefetch threads call the
+    generator concurrently, and an unguarded lazy fill let a thread draw from a half-built list
+    (different puzzles on every run)."""
+    with _GRIDS_LOCK:
+        if not _GRIDS:
+            _GRIDS.extend(_all_grids())
+    return _GRIDS
 
 
 def sudoku_key(puzzle: str) -> str:
@@ -157,11 +170,10 @@ def generate_sudoku(index: int, seed: int = 0, *, min_empty: int = 8, max_empty:
     if not 0 <= min_empty <= max_empty <= 12:
         raise ValueError(f"need 0 <= min_empty <= max_empty <= 12 (4 givens at least), "
                          f"got {min_empty}, {max_empty}")
-    if not _GRIDS:
-        _GRIDS.extend(_all_grids())  # the 288 valid 4x4 grids
+    grids = _valid_grids()
     rng = np.random.default_rng([seed, index, 0x5D0C])
     for _ in range(MAX_TRIES):
-        solution = _GRIDS[int(rng.integers(len(_GRIDS)))]
+        solution = grids[int(rng.integers(len(grids)))]
         k = int(rng.integers(min_empty, max_empty + 1))
         cells = list(solution)
         removed = 0
