@@ -85,6 +85,7 @@ def get_config():
     c.train.eval_batch = 32
     c.train.export_hf = False      # at the end: LoRA-merged HF export + PEFT adapter
     c.train.tensorboard = True     # <out_dir>/tb
+    c.train.data_shards = 0        # data shards the global batch is drawn from (0 = one per process)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.rule = "eb"             # rule for evaluation; the paper's Pareto axis is EB gamma

@@ -41,7 +41,7 @@ def get_config(method: str = "joint"):
     c.sampler.rule = "eb"
     c.sampler.gen_length = 24
     c.sampler.block_length = 24
-    c.sampler.gamma = 0.1
+    c.sampler.gamma = 0.3
     c.sampler.temperature = 1.0
 
     c.rl.method = "2mf_is" if method == "joint" else method
@@ -54,9 +54,9 @@ def get_config(method: str = "joint"):
     c.rl.grad_clip = 1.0
     c.rl.weight_decay = 0.0
     c.rl.head_hidden = 64
-    c.rl.gamma_max = 2.0
-    c.rl.gamma_init = 0.1
-    c.rl.sigma = 0.1
+    c.rl.gamma_max = 4.0
+    c.rl.gamma_init = 0.3
+    c.rl.sigma = 0.3
     c.rl.nfe_lambda = 0.5
     c.rl.nfe_ref = 24.0
     c.rl.logprob_chunk = 24
@@ -72,6 +72,6 @@ def get_config(method: str = "joint"):
     c.eval.rule = "eb"
     c.eval.gen_length = 24
     c.eval.block_length = 24
-    c.eval.gamma = 0.1
-    c.eval.gammas = (0.01, 0.1, 0.3, 1.0)
+    c.eval.gamma = 0.3            # = gamma_init: the 'before' point is the untrained head's mu
+    c.eval.gammas = (0.1, 0.3, 1.0, 3.0)
     return c

@@ -183,6 +183,16 @@ def global_batch(local: np.ndarray, mesh: Optional[jax.sharding.Mesh]) -> jax.Ar
     return jax.make_array_from_process_local_data(sharding, local)
 
 
+def from_host(x: np.ndarray, mesh: Optional[jax.sharding.Mesh]) -> jax.Array:
+    """A host array that every process holds identically `[B, ...]` -> a global array sharded
+    over ('data', 'fsdp') (each process places only its own shards). No mesh: `jnp.asarray`."""
+    x = np.asarray(x)
+    if mesh is None:
+        return jax.numpy.asarray(x)
+    sharding = NamedSharding(mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1))))
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def local_rows(x: jax.Array, mesh: Optional[jax.sharding.Mesh]) -> np.ndarray:
     """Inverse of `global_batch`: this process's rows of a batch-sharded global array, as numpy."""
     if getattr(x, "is_fully_addressable", True):

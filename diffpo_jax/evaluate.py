@@ -22,6 +22,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from diffpo_jax import tasks
+from diffpo_jax.distributed import from_host, host_value
 from diffpo_jax.sampling import SamplerConfig, left_pad, make_sampler
 
 
@@ -56,11 +57,12 @@ def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampl
         n_real = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n_real)
         prompt, pmask = left_pad(chunk, pad_id, width)
-        gamma = None if gamma_fn is None else np.asarray(gamma_fn(prompt, pmask))
-        out = sampler(state, prompt, pmask, jax.random.fold_in(key, bi), gamma=gamma)
-        comp = np.asarray(out.tokens)[:, width:]
-        cmask = np.asarray(out.completion_mask)
-        nfe = np.asarray(out.nfe)
+        gamma = None if gamma_fn is None else host_value(gamma_fn(prompt, pmask))
+        out = sampler(state, from_host(prompt, mesh), from_host(pmask, mesh), jax.random.fold_in(key, bi),
+                      gamma=None if gamma is None else from_host(gamma, mesh))
+        comp = host_value(out.tokens)[:, width:]
+        cmask = host_value(out.completion_mask)
+        nfe = host_value(out.nfe)
         for j in range(n_real):
             text = tokenizer.decode([int(t) for t in comp[j][cmask[j]]], skip_special_tokens=False)
             rec = {"index": s + j, "completion": text, "nfe": int(nfe[j]),

@@ -22,6 +22,7 @@ import os
 import time
 from typing import Callable, NamedTuple
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -111,6 +112,49 @@ def make_evaluator(config, policy_ref: Callable, tokenizer, rl_cfg, mesh) -> Cal
     return run
 
 
+class ShardedBatches:
+    """This process's GRPO prompt rows. The global batch of `train.prompts_per_step` prompts is
+    assembled from `train.data_shards` disjoint data shards (default: one per process), each
+    `tasks.data.grpo_dataset` over `ShardOptions(i, data_shards)`; process p reads shards
+    p·S/n … (p+1)·S/n − 1 and concatenates them. The global batch therefore depends only on
+    `data_shards`, not on the process count (a 1-process run with data_shards=2 sees exactly
+    the batches of a 2-process run). State: one grain iterator state per local shard."""
+
+    def __init__(self, config, tokenizer, group_size: int):
+        n_proc, pid = jax.process_count(), jax.process_index()
+        shards = int(config.train.get("data_shards", 0) or n_proc)
+        per_step = int(config.train.prompts_per_step)
+        if shards % n_proc or per_step % shards:
+            raise experiment.ConfigError(
+                f"config.train.data_shards={shards}: must be a multiple of the {n_proc} processes and divide "
+                f"config.train.prompts_per_step={per_step}")
+        local = range(pid * shards // n_proc, (pid + 1) * shards // n_proc)
+        gen_kwargs = experiment._plain(config.task.get("generator", ml_collections.ConfigDict()))
+        self.iters = [iter(grpo_dataset(
+            config.task.name, tokenizer, n_prompts=per_step // shards, group_size=group_size,
+            max_prompt_length=int(config.task.max_prompt_length), data_dir=config.task.data_dir or None,
+            seed=int(config.seed), prompt_style=config.task.prompt_style,
+            add_reasoning=config.task.get("add_reasoning", None), math_train_path=config.task.get("train_path", "") or None,
+            source_seed=int(config.seed), shard_options=grain.sharding.ShardOptions(i, shards, drop_remainder=True),
+            **gen_kwargs)) for i in local]
+
+    def next(self) -> dict:
+        parts = [next(it) for it in self.iters]
+        return {"prompt_ids": np.concatenate([b["prompt_ids"] for b in parts]),
+                "prompt_mask": np.concatenate([b["prompt_mask"] for b in parts]),
+                "items": [x for b in parts for x in b["items"]]}
+
+    def get_state(self) -> list:
+        return [_json_state(it.get_state()) for it in self.iters]
+
+    def set_state(self, states: list) -> None:
+        if len(states) != len(self.iters):
+            raise ValueError(f"checkpoint has {len(states)} data-shard states, this run reads {len(self.iters)}: "
+                             "resume with the same config.train.data_shards and process count")
+        for it, st in zip(self.iters, states):
+            it.set_state(st)
+
+
 def _checkpoint_state(ts) -> dict:
     return {"trainable": ts.trainable, "opt_state": ts.opt_state}
 
@@ -136,19 +180,7 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
     trainable, opt_state = ts.trainable, ts.opt_state
     current_policy = lambda: nnx.merge(ts.graphdef, trainable, frozen)  # noqa: E731
 
-    n_proc = jax.process_count()
-    per_step = int(config.train.prompts_per_step)
-    if per_step % n_proc:
-        raise experiment.ConfigError(f"config.train.prompts_per_step={per_step} must be divisible by the "
-                                     f"{n_proc} processes")
-    gen_kwargs = experiment._plain(config.task.get("generator", ml_collections.ConfigDict()))
-    ds = grpo_dataset(config.task.name, tokenizer, n_prompts=per_step // n_proc, group_size=rl_cfg.num_generations,
-                      max_prompt_length=int(config.task.max_prompt_length), data_dir=config.task.data_dir or None,
-                      seed=int(config.seed), prompt_style=config.task.prompt_style,
-                      add_reasoning=config.task.get("add_reasoning", None),
-                      math_train_path=config.task.get("train_path", "") or None,
-                      source_seed=int(config.seed), **gen_kwargs)
-    data_iter = iter(ds)
+    data = ShardedBatches(config, tokenizer, rl_cfg.num_generations)
 
     out_dir = config.train.out_dir
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), int(config.train.keep), async_save=True)
@@ -156,7 +188,7 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
     if ckpt.latest_step() is not None:
         start, restored, meta = ckpt.restore(_checkpoint_state(ts))
         trainable, opt_state = restored["trainable"], restored["opt_state"]
-        data_iter.set_state(meta["data_state"])
+        data.set_state(meta["data_state"])
         if distributed.is_primary():
             print(f"resumed from {ckpt.directory} at step {start}")
     elif distributed.is_primary():
@@ -173,9 +205,10 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
                dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
-        data = next(data_iter)
+        batch_np = data.next()
         k_roll, k_inner = jax.random.split(jax.random.fold_in(base_key, step))
-        batch, info = rollout(current_policy(), sampler, data["prompt_ids"], data["prompt_mask"], data["items"],
+        batch, info = rollout(current_policy(), sampler, batch_np["prompt_ids"], batch_np["prompt_mask"],
+                              batch_np["items"],
                               reward_fn, k_roll, rl_cfg, tokenizer, temperature=float(config.sampler.temperature),
                               mesh=mesh)
         t_roll = time.perf_counter() - t0
@@ -209,7 +242,7 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
             tqdm.write(_console_line(done, metrics))
         if done % int(config.train.save_every) == 0 or done == total:
             ckpt.save(done, {"trainable": trainable, "opt_state": opt_state},
-                      {"step": done, "data_state": _json_state(data_iter.get_state()), "name": config.name})
+                      {"step": done, "data_state": data.get_state(), "name": config.name})
     ckpt.close()
     log.close()
     final = current_policy()

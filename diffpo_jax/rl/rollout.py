@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffpo_jax.distributed import global_batch, local_rows
+from diffpo_jax.distributed import global_batch, host_value, local_rows
 from diffpo_jax.models.threshold_head import Policy, llm_prompt_features
 from diffpo_jax.rl.config import RLConfig
 from diffpo_jax.sampling import Sampler
@@ -65,7 +65,8 @@ def rollout(policy: Policy, sampler: Sampler, prompt_rows: np.ndarray, mask_rows
     prompt_rows `[B, P] int32` left-padded, G consecutive copies per prompt; mask_rows `[B, P] bool`;
     items_rows: B task items (one per row); reward_fn(text, item) -> {component: value} (summed into
     the reward). Returns (batch, info): batch per the `rl.train_step` contract; info holds this
-    process's texts, per-component rewards, NFE and γ (numpy, local rows).
+    process's texts and, over ALL rows (every process), the per-component rewards, rewards,
+    NFE, completion lengths and γ (numpy).
     """
     g = cfg.num_generations
     if len(prompt_rows) % g or len(items_rows) != len(prompt_rows):
@@ -88,14 +89,17 @@ def rollout(policy: Policy, sampler: Sampler, prompt_rows: np.ndarray, mask_rows
     names = sorted({k for c in comps for k in c})
     per_comp = {k: np.array([c.get(k, 0.0) for c in comps], np.float32) for k in names}
     rewards = np.sum([per_comp[k] for k in names], axis=0).astype(np.float32)
+    rewards_global = global_batch(rewards, mesh)
     batch = {
         "prompt": prompt, "prompt_mask": pmask, "completion": completion.astype(jnp.int32),
         "completion_mask": out.completion_mask, "unmask_step": out.unmask_step,
-        "behaviour_logp": out.behaviour_logp, "nfe": out.nfe, "rewards": global_batch(rewards, mesh),
+        "behaviour_logp": out.behaviour_logp, "nfe": out.nfe, "rewards": rewards_global,
     }
     if cfg.joint_sampler:
         batch["gamma_raw"], batch["head_features"] = gamma_raw, feats
-    info = {"texts": texts, "reward_components": per_comp, "rewards": rewards, "nfe": local_rows(out.nfe, mesh),
-            "completion_length": local_rows(out.completion_length, mesh),
-            "gamma": None if gamma is None else local_rows(gamma, mesh)}
+    everyone = lambda x: host_value(global_batch(x, mesh))  # noqa: E731  (all processes' rows)
+    info = {"texts": texts, "reward_components": {k: everyone(v) for k, v in per_comp.items()},
+            "rewards": host_value(rewards_global), "nfe": host_value(out.nfe),
+            "completion_length": host_value(out.completion_length),
+            "gamma": None if gamma is None else host_value(gamma)}
     return batch, info
