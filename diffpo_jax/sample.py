@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use_padding_mask", action="store_true",
                    help="mask left padding in attention (default off = LLaDA's released behaviour)")
     g.add_argument("--logits_eos_inf", action="store_true", help="never propose EOS (LLaDA option)")
+    g.add_argument("--kv_cache", default="none", choices=["none", "prefix", "dual"],
+                   help="Fast-dLLM-style approximate KV cache, refreshed per block (README: Sampling)")
     g.add_argument("--seed", type=int, default=0, help="PRNG seed for temperature > 0 / random remasking")
     m = p.add_argument_group("model")
     m.add_argument("--compute_dtype", default="bfloat16", choices=["bfloat16", "float32"],
@@ -122,7 +124,8 @@ def main(argv: Optional[Sequence[str]] = None, loader=None) -> int:
         cfg = SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
                             steps=args.steps, k=args.k, threshold=args.threshold, gamma=args.gamma,
                             temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                            use_padding_mask=args.use_padding_mask, logits_eos_inf=args.logits_eos_inf)
+                            use_padding_mask=args.use_padding_mask, logits_eos_inf=args.logits_eos_inf,
+                            kv_cache=args.kv_cache)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     if args.steps is not None and args.rule != "fixed":
