@@ -233,3 +233,14 @@ def test_diffpo_learns_synthetic_reward():
     r1 = float(expected_reward(trainable))
     assert r1 > r0 + 0.3, (r0, r1, rewards)
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2])
+
+
+def test_head_lr_scale_scales_only_head_steps():
+    from diffpo_jax.rl.train_step import make_optimizer
+    cfg = RLConfig(joint_sampler=True, head_lr_scale=10.0, weight_decay=0.0)
+    params = {"head": {"w": jnp.zeros(3)}, "llm": {"lora_a": jnp.zeros(3)}}
+    tx = make_optimizer(cfg)
+    upd, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    assert jnp.allclose(upd["head"]["w"], 10.0 * upd["llm"]["lora_a"])
+    with pytest.raises(ValueError, match="head_lr_scale"):
+        RLConfig(head_lr_scale=0.0)

@@ -40,6 +40,7 @@ class RLConfig:
                        exploration noise σ, MLP width.
     nfe_lambda, nfe_ref: sampler reward r − λ·NFE/NFE_ref.
     head_coef:         weight of the head loss in the joint loss.
+    head_lr_scale:     the head's learning rate is head_lr_scale · lr (same AdamW otherwise).
     model_reward:      the model's advantage uses r (task) or r − λ·NFE/NFE_ref (task_minus_nfe).
     """
 
@@ -71,6 +72,7 @@ class RLConfig:
     nfe_lambda: float = 0.1
     nfe_ref: float = 256.0
     head_coef: float = 1.0
+    head_lr_scale: float = 1.0
     model_reward: str = "task"
 
     def __post_init__(self):
@@ -95,7 +97,7 @@ class RLConfig:
         for name in ("beta", "weight_decay", "nfe_lambda", "head_coef", "warmup_steps"):
             if getattr(self, name) < 0:
                 errors.append(f"{name}={getattr(self, name)} must be >= 0")
-        for name in ("clamp_c", "lr", "grad_clip", "gamma_max", "sigma", "nfe_ref"):
+        for name in ("clamp_c", "lr", "grad_clip", "gamma_max", "sigma", "nfe_ref", "head_lr_scale"):
             if not getattr(self, name) > 0:
                 errors.append(f"{name}={getattr(self, name)} must be > 0")
         if not 0.0 < self.gamma_init < self.gamma_max:

@@ -48,11 +48,29 @@ REQUIRED = ("prompt", "prompt_mask", "completion", "completion_mask", "unmask_st
             "rewards")
 
 
+def _is_head(path) -> bool:
+    return bool(path) and getattr(path[0], "key", None) == "head"
+
+
+def scale_head_updates(scale: float) -> optax.GradientTransformation:
+    """Multiply the updates of parameters under `head` by `scale` (stateless): after AdamW this
+    is the head running at `scale · lr` (decoupled weight decay included)."""
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(lambda path, u: u * scale if _is_head(path) else u, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
-    """AdamW (b1, b2, weight decay) after global-norm clipping; constant lr after linear warmup."""
+    """AdamW (b1, b2, weight decay) after global-norm clipping; constant lr after linear warmup.
+    One optimizer over LoRA + head; the head's steps are scaled by `head_lr_scale`."""
     lr = cfg.lr if cfg.warmup_steps == 0 else optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, weight_decay=cfg.weight_decay))
+    parts = [optax.clip_by_global_norm(cfg.grad_clip),
+             optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, weight_decay=cfg.weight_decay)]
+    if cfg.head_lr_scale != 1.0:
+        parts.append(scale_head_updates(cfg.head_lr_scale))
+    return optax.chain(*parts)
 
 
 class TrainState(NamedTuple):
