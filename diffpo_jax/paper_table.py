@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             if os.path.isfile(path):
                 summary = json.load(open(path))
             else:
-                summary = run_demo(m, args.steps, run_dir, seed, progress=False)
+                summary = run_demo(m, args.steps, run_dir, seed, progress=False, sweep=False)
             results.setdefault(m, []).append(summary)
             print(f"{m} seed {seed}: accuracy {100 * summary['after']['accuracy']:.1f}%  "
                   f"NFE {summary['after']['nfe_mean']:.2f}  ({summary['total_seconds']:.0f} s)", flush=True)
