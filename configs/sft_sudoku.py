@@ -25,7 +25,7 @@ def get_config():
     c.task.add_reasoning = False
     c.task.generator = ml_collections.ConfigDict(dict(min_empty=6, max_empty=10))
     c.sft = ml_collections.ConfigDict(dict(
-        steps=500, batch_size=64, lr=1e-3, warmup=50, weight_decay=0.01, grad_clip=1.0,
+        steps=200, batch_size=64, lr=1e-3, warmup=50, weight_decay=0.01, grad_clip=1.0,
         completion_length=24, out_dir="diffpo_jax/assets/demo_sudoku", save_dtype="float32", eval_items=256))
     c.eval.rule = "fixed"
     c.eval.gen_length = 24

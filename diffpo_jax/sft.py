@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -130,7 +131,7 @@ def _save(model, tokenizer, config, info: dict) -> None:
     save_hf(model, out_dir, dtype=config.sft.get("save_dtype", "float32"))
     if distributed.is_primary():
         with open(os.path.join(out_dir, "sft_info.json"), "w") as f:
-            json.dump({"command": "python -m diffpo_jax.sft --config " + config.get("config_path", "?"),
+            json.dump({"command": "python -m diffpo_jax.sft " + " ".join(sys.argv[1:]),
                        "seed": int(config.seed), "sft": config.sft.to_dict(), "model": config.model.to_dict(),
                        "task": config.task.to_dict(), "result": info}, f, indent=1, default=str)
 
