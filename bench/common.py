@@ -366,3 +366,19 @@ def render(result: dict) -> str:
     for label, value in result.get("ratios", {}).items():
         out.append(f"ratio {label}: {value:.2f}x")
     return "\n".join(out)
+
+
+def add_rl_bench_args(ap) -> None:
+    """The flags shared by the likelihood and train-step benchmarks (LoRA model, timing, torch)."""
+    from diffpo_jax.models import llada
+
+    ap.add_argument("--chunk", type=int, default=64, help="JAX log-softmax chunk (RLConfig.logprob_chunk)")
+    ap.add_argument("--lora_rank", type=int, default=None, help="default 8 (tiny), 128 (llada8b, d1's)")
+    ap.add_argument("--remat", default="none", choices=llada.REMAT_POLICIES)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--no_torch", action="store_true")
+    ap.add_argument("--torch_threads", type=int, default=0, help="torch CPU threads (0 = all cores)")
+    ap.add_argument("--peak_tflops", type=float, default=None)
+    ap.add_argument("--profile", default=None, help="write a jax.profiler trace of the timed region here")
+    ap.add_argument("--seed", type=int, default=0)
