@@ -155,8 +155,38 @@ class ShardedBatches:
             it.set_state(st)
 
 
-def _checkpoint_state(ts) -> dict:
-    return {"trainable": ts.trainable, "opt_state": ts.opt_state}
+def update(trainable, opt_state, frozen, batch: dict, k_inner: jax.Array, rl_cfg, step_fn, score_fn):
+    """μ = rl_cfg.num_inner optimizer steps on one rollout -> (trainable, opt_state, mean metrics).
+
+    θ_old = the rollout-time parameters, scored per inner iteration k under `inner_key(k_inner, k)`
+    (the key the step uses too). With μ = 1 the step's own stop_grad(θ) is θ_old (and the
+    reference is computed inside the step), so the scoring forwards are skipped.
+    """
+    old = jax.tree.map(jnp.copy, trainable) if rl_cfg.num_inner > 1 else None  # the step donates trainable
+    per_inner = []
+    for k in range(rl_cfg.num_inner):
+        rng = inner_key(k_inner, k)
+        inner = dict(batch)
+        if old is not None:
+            inner.update(score_fn(old, frozen, batch, rng))
+        trainable, opt_state, m = step_fn(trainable, opt_state, frozen, inner, rng)
+        per_inner.append(m)
+    return trainable, opt_state, _mean_metrics(per_inner)
+
+
+def rollout_metrics(info: dict) -> dict:
+    """Rewards per component, rollout NFE / completion length / γ (means over all rows)."""
+    out = {f"reward/{k}": float(v.mean()) for k, v in info["reward_components"].items()}
+    out.update({"reward/mean": float(info["rewards"].mean()), "rollout/nfe_mean": float(info["nfe"].mean()),
+                "rollout/completion_length": float(info["completion_length"].mean())})
+    if info["gamma"] is not None:
+        out["rollout/gamma_mean"] = float(info["gamma"].mean())
+    return out
+
+
+def _checkpoint_state(trainable, opt_state) -> dict:
+    """What a checkpoint's `state` holds (the RNG is derived from (seed, step); data state is in meta)."""
+    return {"trainable": trainable, "opt_state": opt_state}
 
 
 class TrainResult(NamedTuple):
@@ -186,7 +216,7 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), int(config.train.keep), async_save=True)
     start = 0
     if ckpt.latest_step() is not None:
-        start, restored, meta = ckpt.restore(_checkpoint_state(ts))
+        start, restored, meta = ckpt.restore(_checkpoint_state(ts.trainable, ts.opt_state))
         trainable, opt_state = restored["trainable"], restored["opt_state"]
         data.set_state(meta["data_state"])
         if distributed.is_primary():
@@ -196,7 +226,9 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
     log = MetricsLog(out_dir, start, tensorboard=bool(config.train.get("tensorboard", True)))
-    evaluator = make_evaluator(config, current_policy, tokenizer, rl_cfg, mesh) if config.train.eval_items else None
+    evaluator = None
+    if int(config.train.eval_items) and int(config.train.eval_every) > 0:
+        evaluator = make_evaluator(config, current_policy, tokenizer, rl_cfg, mesh)
     reward_fn = tasks.get_task(config.task.name).reward_components
     base_key = jax.random.key(int(config.seed))
     total = int(config.train.steps)
@@ -208,31 +240,14 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
         batch_np = data.next()
         k_roll, k_inner = jax.random.split(jax.random.fold_in(base_key, step))
         batch, info = rollout(current_policy(), sampler, batch_np["prompt_ids"], batch_np["prompt_mask"],
-                              batch_np["items"],
-                              reward_fn, k_roll, rl_cfg, tokenizer, temperature=float(config.sampler.temperature),
-                              mesh=mesh)
+                              batch_np["items"], reward_fn, k_roll, rl_cfg, tokenizer,
+                              temperature=float(config.sampler.temperature), mesh=mesh)
         t_roll = time.perf_counter() - t0
-        # θ_old = the rollout-time parameters. With μ = 1 the step's own stop_grad(θ) is θ_old
-        # (and the reference is computed inside the step), so the scoring forwards are skipped.
-        old = jax.tree.map(jnp.copy, trainable) if rl_cfg.num_inner > 1 else None
-        per_inner = []
-        for k in range(rl_cfg.num_inner):
-            rng = inner_key(k_inner, k)
-            inner = dict(batch)
-            if old is not None:
-                inner.update(score_fn(old, frozen, batch, rng))
-            trainable, opt_state, m = step_fn(trainable, opt_state, frozen, inner, rng)
-            per_inner.append(m)
-        metrics = _mean_metrics(per_inner)
-        metrics.update({f"reward/{k}": float(v.mean()) for k, v in info["reward_components"].items()})
-        metrics.update({"reward/mean": float(info["rewards"].mean()), "rollout/nfe_mean": float(info["nfe"].mean()),
-                        "rollout/completion_length": float(info["completion_length"].mean()),
-                        "time/rollout_s": t_roll, "time/step_s": time.perf_counter() - t0})
-        if info["gamma"] is not None:
-            metrics["rollout/gamma_mean"] = float(info["gamma"].mean())
+        trainable, opt_state, metrics = update(trainable, opt_state, frozen, batch, k_inner, rl_cfg, step_fn, score_fn)
+        metrics.update(rollout_metrics(info))
+        metrics.update({"time/rollout_s": t_roll, "time/step_s": time.perf_counter() - t0})
         done = step + 1
-        if evaluator is not None and int(config.train.eval_every) > 0 and (
-                done % int(config.train.eval_every) == 0 or done == total):
+        if evaluator is not None and (done % int(config.train.eval_every) == 0 or done == total):
             metrics.update(evaluator())
         log.write(done, metrics)
         last = metrics
@@ -241,7 +256,7 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
         if progress and int(config.train.log_every) > 0 and done % int(config.train.log_every) == 0:
             tqdm.write(_console_line(done, metrics))
         if done % int(config.train.save_every) == 0 or done == total:
-            ckpt.save(done, {"trainable": trainable, "opt_state": opt_state},
+            ckpt.save(done, _checkpoint_state(trainable, opt_state),
                       {"step": done, "data_state": data.get_state(), "name": config.name})
     ckpt.close()
     log.close()

@@ -37,7 +37,7 @@ def test_demo_runs_end_to_end(tmp_path):
     from diffpo_jax.demo import run_demo
 
     s = run_demo("joint", steps=1, out_dir=str(tmp_path / "demo"), eval_items=8, progress=False, sweep=False,
-                 overrides={"train.prompts_per_step": 1})
+                 overrides={"train.prompts_per_step": 1, "train.eval_batch": 8})
     assert s["before"]["n"] == 8 and s["after"]["n"] == 8 and "adaptive" in s["after"]["label"]
     assert os.path.isfile(tmp_path / "demo" / "pareto.png")
     assert json.load(open(tmp_path / "demo" / "summary.json"))["steps"] == 1
