@@ -24,10 +24,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from diffpo_jax import evaluate, experiment, tasks
-from diffpo_jax.rl.rollout import head_mu
+from diffpo_jax.rl.rollout import adaptive_gamma_fn
 
 
 def _evaluate(llm, tokenizer, config, items, ids, scfg, gamma_fn=None) -> dict:
@@ -48,13 +47,12 @@ def fixed_gamma_points(llm, tokenizer, config, items, ids, series: str) -> list[
 def adaptive_point(policy, tokenizer, config, items, ids, rl_cfg, series: str) -> dict:
     """The adaptive sampler: per-prompt γ = μ_φ(p) from the threshold head."""
     scfg = experiment.sampler_config(config.eval, policy.llm.cfg, "eval")
-    mu_fn = nnx.jit(head_mu, static_argnums=(3, 4))
+    mu_of = adaptive_gamma_fn(policy, scfg.gen_length, rl_cfg.use_padding_mask)
     mus = []
 
     def gamma_fn(p, m):
-        mu = mu_fn(policy, jnp.asarray(p), jnp.asarray(m), scfg.gen_length, rl_cfg.use_padding_mask)[0]
-        mus.append(mu)
-        return mu
+        mus.append(mu_of(p, m))
+        return mus[-1]
 
     out = _evaluate(policy.llm, tokenizer, config, items, ids, scfg, gamma_fn)
     mu_mean = float(jnp.concatenate(mus).mean())

@@ -47,6 +47,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from diffpo_jax.sharding import batch_sharding
+
 ENV_FLAG = "DIFFPO_DISTRIBUTED"
 ENV_COORDINATOR = "DIFFPO_COORDINATOR"
 ENV_NUM_PROCESSES = "DIFFPO_NUM_PROCESSES"
@@ -177,7 +179,7 @@ def global_batch(local: np.ndarray, mesh: Optional[jax.sharding.Mesh]) -> jax.Ar
     local = np.asarray(local)
     if mesh is None:
         return jax.numpy.asarray(local)
-    sharding = NamedSharding(mesh, P(("data", "fsdp"), *([None] * (local.ndim - 1))))
+    sharding = batch_sharding(mesh, local.ndim)
     if jax.process_count() == 1:
         return jax.device_put(local, sharding)
     return jax.make_array_from_process_local_data(sharding, local)
@@ -189,8 +191,7 @@ def from_host(x: np.ndarray, mesh: Optional[jax.sharding.Mesh]) -> jax.Array:
     x = np.asarray(x)
     if mesh is None:
         return jax.numpy.asarray(x)
-    sharding = NamedSharding(mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1))))
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda index: x[index])
 
 
 def local_rows(x: jax.Array, mesh: Optional[jax.sharding.Mesh]) -> np.ndarray:
@@ -198,14 +199,16 @@ def local_rows(x: jax.Array, mesh: Optional[jax.sharding.Mesh]) -> np.ndarray:
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(x)
     from jax.experimental import multihost_utils
-    spec = P(("data", "fsdp"), *([None] * (x.ndim - 1)))
+    spec = batch_sharding(mesh, x.ndim).spec
     return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
 
 
 def host_value(x: jax.Array) -> np.ndarray:
     """The whole value of a (possibly multi-host) array on every process (all-gather if needed)."""
-    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
-        return np.asarray(x) if getattr(x, "is_fully_addressable", True) else np.asarray(x.addressable_data(0))
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 

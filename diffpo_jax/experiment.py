@@ -57,6 +57,11 @@ def make_dataclass(cls, section: ml_collections.ConfigDict, prefix: str, skip: t
         raise ConfigError(f"config.{prefix}: {e}") from None
 
 
+def generator_kwargs(config: ml_collections.ConfigDict) -> dict:
+    """Countdown / Sudoku puzzle-generator kwargs from `config.task.generator` (plain dict)."""
+    return _plain(config.task.get("generator", ml_collections.ConfigDict()))
+
+
 def rl_config(config: ml_collections.ConfigDict) -> RLConfig:
     return make_dataclass(RLConfig, config.rl, "rl")
 
@@ -65,9 +70,8 @@ def sampler_config(section: ml_collections.ConfigDict, model_cfg: llada.LLaDACon
                    **extra) -> SamplerConfig:
     """The sampler of a config section (`sampler` or `eval`), ids taken from the model."""
     skip = tuple(k for k in ("gammas", "thresholds", "items", "batch") if k in section)
-    cfg = make_dataclass(SamplerConfig, section, prefix, skip=skip, mask_token_id=model_cfg.mask_token_id,
-                         eos_token_id=model_cfg.eos_token_id, **extra)
-    return cfg
+    return make_dataclass(SamplerConfig, section, prefix, skip=skip, mask_token_id=model_cfg.mask_token_id,
+                          eos_token_id=model_cfg.eos_token_id, **extra)
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:

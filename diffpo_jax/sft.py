@@ -34,9 +34,7 @@ from diffpo_jax.tasks.data import train_source
 def answer_text(task: str, item: dict) -> str:
     """The SFT target of an item: its reference answer in the task's answer tags."""
     name = tasks.get_task(task).name
-    if name == "sudoku":
-        return f"<answer>\n{item['solution']}\n</answer>"
-    if name == "countdown":
+    if name in ("sudoku", "countdown"):  # the solver's grid / expression
         return f"<answer>\n{item['solution']}\n</answer>"
     if name == "gsm8k":
         return f"<reasoning>\n{item['solution']}\n</reasoning>\n<answer>\n{item['answer']}\n</answer>"
@@ -85,7 +83,7 @@ def run_sft(config: ml_collections.ConfigDict, progress: bool = True) -> dict:
     task = config.task.name
     style = config.task.prompt_style
     prompt_fn = lambda it: tasks.format_prompt(task, it, tokenizer, "train", False, style)  # noqa: E731
-    gen_kwargs = experiment._plain(config.task.get("generator", ml_collections.ConfigDict()))
+    gen_kwargs = experiment.generator_kwargs(config)
     source = train_source(task, config.task.data_dir or None, size=int(s.steps) * int(s.batch_size), seed=seed,
                           **gen_kwargs)
     graphdef, state = nnx.split(llm, nnx.Param)

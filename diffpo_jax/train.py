@@ -34,7 +34,7 @@ from diffpo_jax import distributed, evaluate, experiment, tasks
 from diffpo_jax.checkpointing import Checkpointer
 from diffpo_jax.models.threshold_head import Policy
 from diffpo_jax.rl.likelihood import inner_key
-from diffpo_jax.rl.rollout import head_mu, rollout
+from diffpo_jax.rl.rollout import adaptive_gamma_fn, rollout
 from diffpo_jax.rl.train_step import init_train_state, make_score_fn, make_train_step
 from diffpo_jax.sampling import make_sampler
 from diffpo_jax.tasks.data import grpo_dataset
@@ -94,15 +94,12 @@ def make_evaluator(config, policy_ref: Callable, tokenizer, rl_cfg, mesh) -> Cal
     style, add_reasoning = config.task.prompt_style, config.task.get("add_reasoning", None)
     fmt = lambda it: tasks.format_prompt(config.task.name, it, tokenizer, "eval", add_reasoning, style)  # noqa
     ids = evaluate.encode_prompts(config.task.name, items, tokenizer, int(config.task.max_prompt_length), fmt)
-    mu_fn = nnx.jit(head_mu, static_argnums=(3, 4))
-
     def run() -> dict:
         policy = policy_ref()
         scfg = experiment.sampler_config(config.eval, policy.llm.cfg, "eval")
         gamma_fn = None
         if rl_cfg.joint_sampler:
-            gamma_fn = lambda p, m: mu_fn(policy, jnp.asarray(p), jnp.asarray(m), scfg.gen_length,  # noqa: E731
-                                          rl_cfg.use_padding_mask)[0]
+            gamma_fn = adaptive_gamma_fn(policy, scfg.gen_length, rl_cfg.use_padding_mask)
         _, summary = evaluate.run_eval(policy.llm, tokenizer, config.task.name, items, scfg,
                                        batch_size=int(config.train.eval_batch), gamma_fn=gamma_fn,
                                        key=jax.random.key(int(config.seed) + 7), mesh=mesh, prompt_ids=ids,
@@ -129,7 +126,7 @@ class ShardedBatches:
                 f"config.train.data_shards={shards}: must be a multiple of the {n_proc} processes and divide "
                 f"config.train.prompts_per_step={per_step}")
         local = range(pid * shards // n_proc, (pid + 1) * shards // n_proc)
-        gen_kwargs = experiment._plain(config.task.get("generator", ml_collections.ConfigDict()))
+        gen_kwargs = experiment.generator_kwargs(config)
         self.iters = [iter(grpo_dataset(
             config.task.name, tokenizer, n_prompts=per_step // shards, group_size=group_size,
             max_prompt_length=int(config.task.max_prompt_length), data_dir=config.task.data_dir or None,

@@ -45,6 +45,15 @@ def head_mu(policy: Policy, prompt: jax.Array, prompt_mask: jax.Array, gen_lengt
     return policy.head(feats), feats
 
 
+_head_mu_jit = nnx.jit(head_mu, static_argnums=(3, 4))
+
+
+def adaptive_gamma_fn(policy: Policy, gen_length: int, use_padding_mask: bool = False):
+    """The adaptive sampler's γ for `evaluate.run_eval(gamma_fn=...)`: (prompt `[b, P]`,
+    prompt_mask `[b, P]`) -> μ_φ(p) `[b] f32` (evaluation uses μ, no exploration noise)."""
+    return lambda p, m: _head_mu_jit(policy, jnp.asarray(p), jnp.asarray(m), gen_length, use_padding_mask)[0]
+
+
 @nnx.jit(static_argnums=(3, 4, 5))
 def _draw_gamma(policy: Policy, prompt_rows: jax.Array, mask_rows: jax.Array, gen_length: int, group: int,
                 use_padding_mask: bool, key: jax.Array, sigma: jax.Array, gamma_max: jax.Array):
