@@ -19,6 +19,7 @@ def get_config():
     c.model.param_dtype = "bfloat16"
     c.model.compute_dtype = "bfloat16"
     c.model.remat = "none"
+    c.model.attention_impl = "auto"  # auto (TPU splash, GPU cuDNN where they apply; else xla) | xla | cudnn | splash
     c.model.lora_rank = 128       # d1: r 128, alpha 64
     c.model.lora_alpha = 64.0
     c.model.lora_targets = ("q_proj", "k_proj", "v_proj", "up_proj")  # what d1's PEFT config effectively hits
@@ -46,6 +47,7 @@ def get_config():
     c.sampler.threshold = 0.9
     c.sampler.temperature = 0.9
     c.sampler.remasking = "low_confidence"
+    c.sampler.kv_cache = "none"    # none (exact) | prefix | dual: Fast-dLLM's approximate caches (rollouts)
 
     c.rl = ml_collections.ConfigDict()
     c.rl.method = "d1"            # d1 | mf_is | 2mf | 2mf_is
@@ -94,4 +96,5 @@ def get_config():
     c.eval.steps = 128
     c.eval.gamma = 0.1
     c.eval.gammas = (0.1,)         # fixed-gamma sweep for the Pareto plot
+    c.eval.kv_cache = "none"       # none | prefix | dual (bench/kv_cache_demo.py: its accuracy cost)
     return c

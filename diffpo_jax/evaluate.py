@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from diffpo_jax import tasks
 from diffpo_jax.distributed import from_host, host_value
+from diffpo_jax.models.attention import ATTENTION_IMPLS
 from diffpo_jax.sampling import SamplerConfig, left_pad, make_sampler
 
 
@@ -137,6 +138,10 @@ def main(argv=None) -> int:
     p.add_argument("--block_length", type=int, default=32)
     p.add_argument("--steps", type=int, default=None, help="total steps for rule=fixed (default gen_length/2)")
     p.add_argument("--k", type=int, default=2, help="tokens per step for rule=topk")
+    p.add_argument("--kv_cache", default="none", choices=["none", "prefix", "dual"],
+                   help="approximate KV cache (Fast-dLLM): faster, not exact (default none)")
+    p.add_argument("--attention_impl", default="auto", choices=list(ATTENTION_IMPLS),
+                   help="attention kernel: auto = splash on TPU / cuDNN on GPU where they apply, else xla")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--max_prompt_length", type=int, default=0)
     p.add_argument("--seed", type=int, default=42)
@@ -147,12 +152,12 @@ def main(argv=None) -> int:
 
     from diffpo_jax.convert.hf_import import load_hf
 
-    llm = load_hf(args.model_dir)
+    llm = load_hf(args.model_dir, attention_impl=args.attention_impl)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir or args.model_dir)
     items = tasks.load_eval_items(args.task, args.data_dir, n=args.n, seed=args.seed)
     ids = encode_prompts(args.task, items, tokenizer, args.max_prompt_length)
     base = SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
-                         steps=args.steps, k=args.k, temperature=0.0)
+                         steps=args.steps, k=args.k, temperature=0.0, kv_cache=args.kv_cache)
     if args.rule == "eb":
         settings = [(f"eb_g{g:g}", base.replace(gamma=g)) for g in _floats(args.gammas)]
     elif args.rule == "threshold":

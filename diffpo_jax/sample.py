@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation dtype (default bfloat16)")
     m.add_argument("--param_dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="parameter dtype (default bfloat16, as released)")
+    m.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn", "splash"],
+                   help="attention kernel: auto = splash on TPU / cuDNN on GPU where they apply, else xla")
     m.add_argument("--mesh", default="none",
                    help="'none' (one device, default) or 'DATA,FSDP,TP', e.g. 1,1,8; "
                         "the number of prompts must be divisible by DATA*FSDP")
@@ -134,7 +136,8 @@ def main(argv: Optional[Sequence[str]] = None, loader=None) -> int:
         from diffpo_jax.convert.hf_import import load_hf as loader
     mesh = _mesh(args.mesh)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, trust_remote_code=False)  # never run repo code
-    model = loader(args.model_dir, mesh=mesh, compute_dtype=args.compute_dtype, param_dtype=args.param_dtype)
+    model = loader(args.model_dir, mesh=mesh, compute_dtype=args.compute_dtype, param_dtype=args.param_dtype,
+                   attention_impl=args.attention_impl)
     ids = [encode_prompt(tokenizer, p, not args.no_chat_template) for p in args.prompt]
     tokens, mask = left_pad(ids, model.cfg.pad_token_id)
     start = time.perf_counter()

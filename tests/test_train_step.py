@@ -3,6 +3,7 @@ NaN guard, joint head, and a real learning run on a tiny LLaDA (fixed seed)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -39,6 +40,22 @@ def make_batch(seed=0):
 def tree_close(a, b, atol=1e-6, rtol=1e-5):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
+
+
+def first_adam_steps_close(tr, tr0, opt0, atol):
+    """Parameters after one Adam step (≈ θ − lr·g/(|g| + eps)) agree where the full-batch
+    gradient is well above Adam's eps = 1e-8 (|mu| = 0.1·|g| > 1e-7). Where g is ~1e-7 a 1e-8
+    difference in g (summation order: micro-batches, shards, CPU vector width) moves
+    g/(|g| + eps) by several %, so there only the Adam moments are compared (tree_close(opt...))."""
+    mu = optax.tree_utils.tree_get(opt0, "mu")
+    leaves = [jax.tree.leaves(t) for t in (tr, tr0, mu)]
+    assert len({len(x) for x in leaves}) == 1
+    kept = []
+    for x, y, m in zip(*leaves):
+        keep = np.abs(np.asarray(m)) > 1e-7
+        kept.append(keep.mean())
+        np.testing.assert_allclose(np.asarray(x)[keep], np.asarray(y)[keep], atol=atol)
+    assert np.mean(kept) > 0.5
 
 
 def copy(tree):
@@ -107,7 +124,7 @@ def test_micro_batched_step_equals_full_batch(joint_run):
                                                                 batch, rng)
     tr0, opt0, metrics0 = joint_run["out"]
     tree_close(opt, opt0, atol=1e-8, rtol=1e-4)  # Adam moments after one step = (clipped) gradients
-    tree_close(tr, tr0, atol=JOINT.lr * 0.05)  # Adam's first step ≈ lr·sign(g): loose on near-zero g
+    first_adam_steps_close(tr, tr0, opt0, atol=JOINT.lr * 0.01)
     for k in metrics0:
         np.testing.assert_allclose(metrics[k], metrics0[k], rtol=1e-4, atol=1e-6, err_msg=k)
     assert float(metrics0["clip_frac"]) > 0 and float(metrics0["kl"]) > 0 and int(metrics0["skipped"]) == 0
@@ -121,7 +138,7 @@ def test_sharded_step_equals_single_device(joint_run):
     tr, opt, metrics = step(st.trainable, st.opt_state, st.frozen, batch, joint_run["rng"])
     tr0, opt0, metrics0 = joint_run["out"]
     tree_close(opt, opt0, atol=1e-7, rtol=1e-3)  # Adam moments after one step = (clipped) gradients
-    tree_close(tr, tr0, atol=JOINT.lr * 0.05)
+    first_adam_steps_close(tr, tr0, opt0, atol=JOINT.lr * 0.01)
     for k in metrics0:
         np.testing.assert_allclose(metrics[k], metrics0[k], rtol=1e-4, atol=1e-5, err_msg=k)
     lora_a = tr["llm"]["lora_a"]["q_proj"][...]

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from diffpo_jax import sharding as shd
+from diffpo_jax.models import attention
 
 # Per-layer projections: name -> (input dim attr, output dim attr).
 PROJECTIONS = {
@@ -65,7 +66,7 @@ class LLaDAConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "bfloat16"
     remat: str = "none"  # one of REMAT_POLICIES
-    attention_impl: Optional[str] = None  # None (XLA picks) | "xla" | "cudnn"
+    attention_impl: str = "auto"  # models/attention.py: auto (per backend) | xla | cudnn | splash
     lora_rank: int = 0
     lora_alpha: float = 64.0
     lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
@@ -80,6 +81,8 @@ class LLaDAConfig:
             errors.append("head_dim must be even for rotate-half RoPE")
         if not 0 <= self.mask_token_id < self.vocab_size:
             errors.append(f"mask_token_id={self.mask_token_id} must lie in [0, vocab_size={self.vocab_size})")
+        if (self.attention_impl or "auto") not in attention.ATTENTION_IMPLS:
+            errors.append(f"attention_impl={self.attention_impl!r}: choose one of {attention.ATTENTION_IMPLS}")
         if self.remat not in REMAT_POLICIES:
             errors.append(f"remat={self.remat!r}: choose one of {REMAT_POLICIES}")
         bad = set(self.lora_targets) - set(PROJECTIONS)
@@ -173,28 +176,27 @@ def _qkv(n1: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, lora_on: bool):
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
-def _attend_mlp(x: jax.Array, q, k, v, layer: dict, cfg: LLaDAConfig, attn_mask, lora_on: bool) -> jax.Array:
+def _attend_mlp(x: jax.Array, q, k, v, layer: dict, cfg: LLaDAConfig, key_mask, lora_on: bool) -> jax.Array:
     """Rest of a block: x `[B, Lq, D]` + attention of q `[B, Lq, H, hd]` over k, v `[B, Lk, Hkv, hd]`, then MLP."""
     b, n, _ = x.shape
-    att = jax.nn.dot_product_attention(q, k, v, mask=attn_mask, scale=1.0 / math.sqrt(cfg.head_dim),
-                                       implementation=cfg.attention_impl)
+    att = attention.attention(q, k, v, key_mask, 1.0 / math.sqrt(cfg.head_dim), cfg.attention_impl)
     h = x + _project("attn_out", att.reshape(b, n, cfg.d_model), layer, cfg, lora_on)
     n2 = rms_norm(h, layer["ff_norm"], cfg.rms_norm_eps)
     ff = jax.nn.silu(_project("ff_proj", n2, layer, cfg, lora_on)) * _project("up_proj", n2, layer, cfg, lora_on)
     return h + _project("ff_out", ff, layer, cfg, lora_on)
 
 
-def block_forward(x: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, attn_mask, lora_on: bool,
+def block_forward(x: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, key_mask, lora_on: bool,
                   return_kv: bool = False):
     """One LLaDA block. x `[B, L, D]` (compute dtype); `layer` holds one layer's params.
     return_kv: also return this layer's post-RoPE k, v `[B, L, Hkv, hd]` (for a KV cache)."""
     n1 = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
     q, k, v = _qkv(n1, layer, cfg, cos, sin, lora_on)
-    y = _attend_mlp(x, q, k, v, layer, cfg, attn_mask, lora_on)
+    y = _attend_mlp(x, q, k, v, layer, cfg, key_mask, lora_on)
     return (y, k, v) if return_kv else y
 
 
-def block_forward_cached(x: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, attn_mask, lora_on: bool,
+def block_forward_cached(x: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, key_mask, lora_on: bool,
                          cache_k: jax.Array, cache_v: jax.Array, start) -> jax.Array:
     """One block for a window of W positions `[start, start + W)` against a KV cache.
 
@@ -207,7 +209,7 @@ def block_forward_cached(x: jax.Array, layer: dict, cfg: LLaDAConfig, cos, sin, 
     q, k, v = _qkv(n1, layer, cfg, cos, sin, lora_on)
     keys = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), start, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), start, axis=1)
-    return _attend_mlp(x, q, keys.astype(q.dtype), values.astype(v.dtype), layer, cfg, attn_mask, lora_on)
+    return _attend_mlp(x, q, keys.astype(q.dtype), values.astype(v.dtype), layer, cfg, key_mask, lora_on)
 
 
 def _remat(fn, policy: str):
@@ -279,8 +281,8 @@ class LLaDA(nnx.Module):
 
     @staticmethod
     def _key_mask(padding_mask: Optional[jax.Array]) -> Optional[jax.Array]:
-        """`[B, Lk]` bool (True = real key) -> `[B, 1, 1, Lk]`, broadcast over heads and queries."""
-        return None if padding_mask is None else padding_mask.astype(bool)[:, None, None, :]
+        """`[B, Lk]` bool key mask (True = real key) for `attention.attention`, or None."""
+        return None if padding_mask is None else padding_mask.astype(bool)
 
     def hidden(self, tokens: jax.Array, padding_mask: Optional[jax.Array] = None, *, lora: bool = True) -> jax.Array:
         """Final hidden states after ln_f. tokens `[B, L]` int32 -> `[B, L, D]` compute dtype.
@@ -292,11 +294,11 @@ class LLaDA(nnx.Module):
         cfg = self.cfg
         x = self._embed(tokens)
         cos, sin = rope_tables(tokens.shape[1], cfg.head_dim, cfg.rope_theta)
-        attn_mask = self._key_mask(padding_mask)
+        key_mask = self._key_mask(padding_mask)
         layers, lora_on = self._layers(lora)
 
         def body(h, layer):
-            h = block_forward(h, layer, cfg, cos, sin, attn_mask, lora_on)
+            h = block_forward(h, layer, cfg, cos, sin, key_mask, lora_on)
             return shd.constrain(h, ("batch", "length", "act_embed")), None
 
         x, _ = jax.lax.scan(_remat(body, cfg.remat), x, layers)
@@ -314,12 +316,12 @@ class LLaDA(nnx.Module):
         cfg = self.cfg
         x = self._embed(tokens)
         cos, sin = rope_tables(tokens.shape[1], cfg.head_dim, cfg.rope_theta)
-        attn_mask = self._key_mask(padding_mask)
+        key_mask = self._key_mask(padding_mask)
         layers, lora_on = self._layers(lora)
         kv_axes = ("batch", "length", "heads", None)
 
         def body(h, layer):
-            h, k, v = block_forward(h, layer, cfg, cos, sin, attn_mask, lora_on, return_kv=True)
+            h, k, v = block_forward(h, layer, cfg, cos, sin, key_mask, lora_on, return_kv=True)
             kv = (shd.constrain(k, kv_axes), shd.constrain(v, kv_axes))
             return shd.constrain(h, ("batch", "length", "act_embed")), kv
 
@@ -346,12 +348,12 @@ class LLaDA(nnx.Module):
         cos, sin = rope_tables(t, cfg.head_dim, cfg.rope_theta)
         cos = jax.lax.dynamic_slice_in_dim(cos, start, w, axis=0)
         sin = jax.lax.dynamic_slice_in_dim(sin, start, w, axis=0)
-        attn_mask = self._key_mask(padding_mask)
+        key_mask = self._key_mask(padding_mask)
         layers, lora_on = self._layers(lora)
 
         def body(h, xs):
             layer, ck, cv = xs
-            h = block_forward_cached(h, layer, cfg, cos, sin, attn_mask, lora_on, ck, cv, start)
+            h = block_forward_cached(h, layer, cfg, cos, sin, key_mask, lora_on, ck, cv, start)
             return shd.constrain(h, ("batch", "length", "act_embed")), None
 
         x, _ = jax.lax.scan(_remat(body, cfg.remat), x, (layers, cache_k, cache_v))
