@@ -215,7 +215,16 @@ def llada8b_config(**kw) -> llada.LLaDAConfig:
     return llada.llada_8b_instruct(**{"compute_dtype": "bfloat16", **kw})
 
 
-def build_llada(cfg: llada.LLaDAConfig, seed: int = 0, mesh=None, lora_b_std: float = 0.0) -> llada.LLaDA:
+def add_attention_arg(ap) -> None:
+    """--attention_impl, shared by every benchmark (models/attention.py)."""
+    from diffpo_jax.models.attention import ATTENTION_IMPLS
+
+    ap.add_argument("--attention_impl", default="auto", choices=ATTENTION_IMPLS,
+                    help="JAX attention kernel (auto: splash on TPU, cuDNN on GPU where they apply, else xla)")
+
+
+def build_llada(cfg: llada.LLaDAConfig, seed: int = 0, mesh=None, lora_b_std: float = 0.0,
+                attention_impl: str | None = None) -> llada.LLaDA:
     """Random-weight LLaDA created directly on its shards by one jitted init: no host copy.
 
     The key is an "rbg" key (XLA's RngBitGenerator): with the default threefry key the
@@ -225,6 +234,7 @@ def build_llada(cfg: llada.LLaDAConfig, seed: int = 0, mesh=None, lora_b_std: fl
     adapter non-zero (θ ≠ base, gradients reach lora_a).
     """
     mesh = mesh if mesh is not None else shd.make_mesh(data=1, fsdp=-1, tp=1)
+    cfg = cfg.replace(attention_impl=attention_impl) if attention_impl else cfg
     key = jax.random.key(seed, impl="rbg")
     model = shd.create_sharded(lambda: llada.LLaDA(cfg, rngs=nnx.Rngs(key)), mesh)
     if lora_b_std > 0:
@@ -382,3 +392,4 @@ def add_rl_bench_args(ap) -> None:
     ap.add_argument("--peak_tflops", type=float, default=None)
     ap.add_argument("--profile", default=None, help="write a jax.profiler trace of the timed region here")
     ap.add_argument("--seed", type=int, default=0)
+    add_attention_arg(ap)

@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--torch_threads", type=int, default=None, help="default on CPU: time 1 and all cores")
     p.add_argument("--profile", default=None, help="write a jax.profiler trace of the timed region here")
+    common.add_attention_arg(p)
     return p.parse_args(argv)
 
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
         cfg = cfg.replace(n_layers=args.n_layers)
 
     mesh = shd.make_mesh(data=1, fsdp=-1, tp=1)
-    model = common.build_llada(cfg, mesh=mesh)
+    model = common.build_llada(cfg, mesh=mesh, attention_impl=args.attention_impl)
     tokens_np = np.random.RandomState(0).randint(0, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
     tokens = jax.device_put(jnp.asarray(tokens_np), shd.batch_sharding(mesh))
     graphdef, state = nnx.split(model)

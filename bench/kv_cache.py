@@ -78,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    common.add_attention_arg(ap)
     args = ap.parse_args(argv)
     bad = [r for r in args.rules.split(",") if r not in RULE_KNOBS]
     if bad:
@@ -90,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_model(args, mesh) -> llada.LLaDA:
     cfg = common.llada8b_config() if args.llada8b else llada.tiny(**PRESETS[args.preset])
     cfg = cfg.replace(n_layers=args.n_layers) if args.n_layers else cfg
-    model = common.build_llada(cfg, seed=args.seed, mesh=mesh)
+    model = common.build_llada(cfg, seed=args.seed, mesh=mesh, attention_impl=args.attention_impl)
     model.lm_head[...] = (model.lm_head[...] * args.head_scale).astype(model.lm_head[...].dtype)
     for name in ("q_proj", "k_proj"):
         p = model.blocks[name]

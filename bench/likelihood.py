@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> dict:
     common.set_torch_threads(args.torch_threads)
     cfg = model_config(args)
     mesh = shd.make_mesh(data=1, fsdp=-1, tp=1)
-    model = common.build_llada(cfg, seed=args.seed, lora_b_std=0.02, mesh=mesh)
+    model = common.build_llada(cfg, seed=args.seed, lora_b_std=0.02, mesh=mesh,
+                               attention_impl=args.attention_impl)
     graphdef, state = nnx.split(model)
     arrays = common.rl_inputs(cfg, args.batch, args.prompt_len, args.gen_length, args.seed)
     ja = jax.device_put({k: jnp.asarray(v) for k, v in arrays.items()}, shd.batch_sharding(mesh, 1))

@@ -28,6 +28,8 @@ from bench import common
 
 import jax  # noqa: E402
 
+from diffpo_jax.models.attention import resolve_impl  # noqa: E402
+
 BENCHES = ("forward", "sampler", "likelihood", "train_step")
 
 # Per config: benchmark -> its own command-line arguments (the --quick variant replaces them).
@@ -74,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no_torch", action="store_true", help="JAX only (e.g. no CUDA torch on the machine)")
     ap.add_argument("--torch_threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--peak_tflops", type=float, default=None, help="peak of all devices together, TFLOP/s")
+    common.add_attention_arg(ap)
     args = ap.parse_args(argv)
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     bad = sorted(set(only) - set(BENCHES))
@@ -98,6 +101,7 @@ def bench_argv(name: str, args: argparse.Namespace) -> list:
     flag("--n_layers", args.n_layers)
     flag("--peak_tflops", args.peak_tflops)
     flag("--torch_threads", args.torch_threads)
+    flag("--attention_impl", args.attention_impl)
     warmup, iters = (1, 2) if args.quick else (args.warmup, args.iters)
     flag("--warmup", warmup if name != "sampler" else None)
     flag("--repeats" if name == "sampler" else "--iters", iters)
@@ -120,7 +124,9 @@ def main(argv=None) -> list:
     import importlib
     command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     env = common.env_line(None if args.no_torch else common.default_torch_device())
-    print(f"# {env}\n# command: {command}", flush=True)
+    impl = resolve_impl(args.attention_impl, "bfloat16" if args.config == "llada8b" else "float32",
+                        128 if args.config == "llada8b" else 16)
+    print(f"# {env}\n# command: {command}\n# JAX attention: {args.attention_impl} -> {impl}", flush=True)
     results = []
     for name in args.only:
         mod = importlib.import_module(f"bench.{name}")

@@ -122,7 +122,7 @@ def build_models(args):
             cfg = cfg.replace(n_layers=args.n_layers)
     else:
         cfg = llada.tiny(**PRESETS[args.preset], compute_dtype="float32", max_sequence_length=1024)
-    model = common.build_llada(cfg, seed=args.seed)
+    model = common.build_llada(cfg, seed=args.seed, attention_impl=args.attention_impl)
     model.lm_head[...] = (model.lm_head[...].astype(jnp.float32) * args.head_scale).astype(model.lm_head[...].dtype)
     tmodel = None
     if not args.no_torch:
@@ -153,6 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--peak_tflops", type=float, default=None, help="peak of all devices together, TFLOP/s")
     ap.add_argument("--profile", default=None, help="write a jax.profiler trace of the timed JAX calls here")
     ap.add_argument("--json", default=None, help="also write the results here")
+    common.add_attention_arg(ap)
     return ap.parse_args(argv)
 
 

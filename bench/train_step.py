@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> dict:
     rl = RLConfig(method="d1", num_generations=args.group, p_mask=args.p_mask, beta=args.beta,
                   logprob_chunk=args.chunk, lr=1e-4)
     mesh = shd.make_mesh(data=1, fsdp=-1, tp=1)
-    llm = common.build_llada(cfg, seed=args.seed, lora_b_std=0.02, mesh=mesh)
+    llm = common.build_llada(cfg, seed=args.seed, lora_b_std=0.02, mesh=mesh,
+                             attention_impl=args.attention_impl)
     ts = init_train_state(Policy(llm, None), rl, mesh)
     step = make_train_step(ts.graphdef, rl, ts.tx, mesh, trainable=ts.trainable, frozen=ts.frozen)
     key = jax.random.key(args.seed + 1)

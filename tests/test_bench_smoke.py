@@ -38,3 +38,26 @@ def test_bench_run_refuses_llada8b_on_cpu():
     from bench import run
     with pytest.raises(SystemExit, match="needs a GPU or TPU"):
         run.main(["--config", "llada8b", "--only", "forward"])
+
+
+def test_kv_cache_demo_bench_on_the_shipped_model():
+    """bench/kv_cache_demo.py on a few real puzzles: the uncached rows are the reference
+    (agreement 1, replay Δ at the float floor), the cached ones are scored the same way."""
+    from bench import kv_cache_demo
+    res = kv_cache_demo.run(kv_cache_demo.parse_args(["--n", "8", "--batch", "8", "--iters", "1",
+                                                      "--block_lengths", "8", "--gammas", "1"]))
+    rows = {r[1]: r for r in res["rows"]}
+    assert set(rows) == {"none", "prefix", "dual"}
+    cols = res["columns"]
+    none = dict(zip(cols, rows["none"]))
+    assert none["token agreement"] == "1.000" and float(none["max abs Δ logp"]) < 1e-4
+    for mode in ("prefix", "dual"):
+        r = dict(zip(cols, rows[mode]))
+        assert 0.0 <= float(r["cell acc. %"]) <= 100.0 and 0.0 <= float(r["token agreement"]) <= 1.0
+        assert 1.0 <= float(r["mean NFE"]) <= 24.0
+
+
+def test_bench_help_lists_attention_impl():
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "--attention_impl" in proc.stdout

@@ -90,6 +90,14 @@ def test_config_errors_name_the_field():
     c.model.hf_dir = "/nonexistent/llada"
     with pytest.raises(experiment.ConfigError, match=r"config\.model\.hf_dir"):
         experiment.build_llm(c, None)
+    c = base.get_config()
+    c.model.attention_impl = "flash"
+    with pytest.raises(experiment.ConfigError, match=r"config\.model.*attention_impl='flash'"):
+        experiment.build_llm(c, None)
+    c = base.get_config()
+    c.sampler.kv_cache = "full"
+    with pytest.raises(experiment.ConfigError, match=r"config\.sampler: .*kv_cache='full'"):
+        experiment.sampler_config(c.sampler, llada.tiny())
     with pytest.raises(ValueError, match="TASK,METHOD"):
         llada8b.get_config("gsm8k")
 
@@ -100,6 +108,8 @@ def test_joint_training_run_logs_checkpoints_and_exports(tiny_hf, tmp_path):
     c = small_config(tiny_hf, str(tmp_path / "run"), steps=2)
     c.rl.num_inner = 1
     c.train.export_hf = True
+    c.sampler.kv_cache = "prefix"  # the approximate cache in rollouts (the resume tests run without)
+    c.eval.kv_cache = "dual"
     result = train(c, progress=False)
     m = result.metrics
     for k in ("reward/mean", "rollout/nfe_mean", "rollout/gamma_mean", "train/loss", "train/mu_mean",
