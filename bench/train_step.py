@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--p_mask", type=float, default=0.15)
     ap.add_argument("--beta", type=float, default=0.04)
     common.add_rl_bench_args(ap)
+    ap.add_argument("--torch_remat", default=None, choices=("none", "full"),
+                    help="torch gradient checkpointing per block (default: on iff --remat is not none); "
+                         "lets each side run its fastest setting")
     args = ap.parse_args(argv)
     if args.batch % args.group:
         ap.error(f"--batch {args.batch} is not a multiple of --group {args.group}")
@@ -87,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     common.set_torch_threads(args.torch_threads)
     cfg = blk.model_config(args)
+    torch_remat = (args.torch_remat or ("none" if args.remat == "none" else "full")) == "full"
     rl = RLConfig(method="d1", num_generations=args.group, p_mask=args.p_mask, beta=args.beta,
                   logprob_chunk=args.chunk, lr=1e-4)
     mesh = shd.make_mesh(data=1, fsdp=-1, tp=1)
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
                    for k in ("rewards", "old_logp", "ref_logp")})
         p_tilde = torch.from_numpy(np.asarray(lk.mask_prompt(batch["prompt"], batch["prompt_mask"], key, rl.p_mask,
                                                              cfg.mask_token_id)).astype(np.int64)).to(tdev)
-        loss0 = torch_loss(tm, p_tilde, ta, rl, cfg.mask_token_id, args.remat != "none")
+        loss0 = torch_loss(tm, p_tilde, ta, rl, cfg.mask_token_id, torch_remat)
         loss0.backward()
         gnorm0 = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in lora)))
         loss0 = float(loss0.detach())
@@ -140,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
 
         def torch_step():
             p_t = blk.torch_mask_prompt(ta["prompt"], rl.p_mask, cfg.mask_token_id, gen)
-            loss = torch_loss(tm, p_t, ta, rl, cfg.mask_token_id, args.remat != "none")
+            loss = torch_loss(tm, p_t, ta, rl, cfg.mask_token_id, torch_remat)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lora, rl.grad_clip)
             opt.step()
@@ -177,7 +181,8 @@ def run(args: argparse.Namespace) -> dict:
     return dict(bench="train_step", title=f"Train step ({'LLaDA-8B' if args.llada8b else 'tiny'})",
                 env=common.env_line(tdev),
                 settings=(f"d={cfg.d_model}, layers={cfg.n_layers}, V={cfg.vocab_size}, LoRA r={cfg.lora_rank} "
-                          f"(all 7 projections), compute={cfg.compute_dtype}, remat={args.remat}, B={args.batch} "
+                          f"(all 7 projections), compute={cfg.compute_dtype}, remat jax={args.remat} / torch "
+                          f"{'per-block checkpointing' if torch_remat else 'none'}, B={args.batch} "
                           f"(G={args.group}), P={args.prompt_len}, L={args.gen_length}, method d1, β={rl.beta}, "
                           f"ε={rl.epsilon}, p_mask={rl.p_mask}, AdamW + clip {rl.grad_clip}"),
                 notes=notes, columns=["impl", "ms / step", "steps/s", "tokens/s", "TFLOP/s", "MFU",
