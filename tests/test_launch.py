@@ -4,6 +4,7 @@ stand-in `gcloud` (retries, per-worker log streams), a missing gcloud, and shell
 Nothing here needs gcloud or a TPU."""
 
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -428,8 +429,21 @@ def _shellcheck():
 
 
 def test_shellcheck_passes_on_every_launch_script():
-    scripts = sorted(os.path.join(ROOT, "launch", f) for f in os.listdir(os.path.join(ROOT, "launch"))
+    scripts = sorted(os.path.join(ROOT, d, f) for d in ("launch", "bench") for f in os.listdir(os.path.join(ROOT, d))
                      if f.endswith(".sh"))
-    assert len(scripts) >= 3
+    assert len(scripts) >= 4
     r = subprocess.run([_shellcheck(), "-x", *scripts], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_device_check_script_runs_every_step_on_the_tiny_config(tmp_path):
+    """bench/device_check.sh (the prepared accelerator run) on CPU with the tiny config: every
+    step exits 0 and writes its file, so a lent GPU's minutes are not spent on a broken script."""
+    env = dict(os.environ, DEVICE_CHECK_CONFIG="tiny", OUT=str(tmp_path), JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "device_check.sh")], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("versions", "attention", "suite", "xla", "kv_cache"):
+        assert re.search(rf"^== {name} rc=0 in \d+s$", r.stdout, re.M), (name, r.stdout[-3000:])
+    assert "attention_impl=auto -> xla on cpu" in r.stdout
+    assert sorted(os.listdir(tmp_path)) == ["bench_kv_cache.md", "bench_suite.md", "bench_xla.md", "device_check.log"]
