@@ -378,6 +378,12 @@ def render(result: dict) -> str:
     return "\n".join(out)
 
 
+def print_result(result: dict) -> None:
+    """A benchmark's stand-alone output: its environment line, then its markdown section."""
+    print("# " + result["env"])
+    print(render(result))
+
+
 def add_rl_bench_args(ap) -> None:
     """The flags shared by the likelihood and train-step benchmarks (LoRA model, timing, torch)."""
     from diffpo_jax.models import llada

@@ -11,6 +11,7 @@
 #   attention   which kernel attention_impl=auto picks here
 #   suite       python -m bench.run: forward, sampler, likelihood, train step vs torch, MFU (auto attention)
 #   xla         forward + train step with attention_impl=xla, JAX only (the fused kernel's gain)
+#   attn        attention alone: xla vs the backend's fused kernel vs torch SDPA, fwd and fwd+bwd
 #   kv_cache    the prefix / dual KV cache at the same shapes
 # Writes device_check.log (everything printed) and one markdown file per benchmark step.
 set -uo pipefail
@@ -37,10 +38,12 @@ if [ "$CONFIG" = "tiny" ]; then
     SUITE=(--config tiny --quick)
     XLA=(--config tiny --quick --only forward,train_step)
     KV=(--batch 2 --prompt_len 16 --gen_length 32 --block_length 16 --rules eb)
+    ATTN=(--iters 2)
 else
     SUITE=(--config llada8b)
     XLA=(--config llada8b --only forward,train_step --no_torch)
     KV=(--llada8b --batch 8 --prompt_len 128 --gen_length 256 --rules eb,threshold)
+    ATTN=(--llada8b)
 fi
 
 step versions 60 "$PY" -c "import jax, flax, torch; print('jax', jax.__version__, jax.devices()); \
@@ -49,5 +52,6 @@ step attention 60 "$PY" -c "import jax; from diffpo_jax.models.attention import 
 print('attention_impl=auto ->', resolve_impl('auto', 'bfloat16', 128), 'on', jax.default_backend())"
 step suite 300 "$PY" -m bench.run "${SUITE[@]}" --out "$OUT/bench_suite.md"
 step xla 150 "$PY" -m bench.run "${XLA[@]}" --attention_impl xla --out "$OUT/bench_xla.md"
+step attn 60 bash -c "$PY -m bench.attention ${ATTN[*]} > '$OUT/bench_attention.md'; rc=\$?; cat '$OUT/bench_attention.md'; exit \$rc"
 step kv_cache 120 bash -c "$PY -m bench.kv_cache ${KV[*]} > '$OUT/bench_kv_cache.md'; rc=\$?; cat '$OUT/bench_kv_cache.md'; exit \$rc"
 echo "== done; files in $OUT" | tee -a "$LOG"

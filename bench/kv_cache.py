@@ -197,9 +197,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> None:
-    res = run(parse_args(argv))
-    print("# " + res["env"])
-    print(common.render(res))
+    common.print_result(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -233,10 +233,8 @@ def run(args: argparse.Namespace) -> dict:
     return res
 
 
-def main(argv=None):
-    res = run(parse_args(argv))
-    print("# " + res["env"])
-    print(common.render(res))
+def main(argv=None) -> None:
+    common.print_result(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

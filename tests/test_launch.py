@@ -443,7 +443,8 @@ def test_device_check_script_runs_every_step_on_the_tiny_config(tmp_path):
     r = subprocess.run(["bash", os.path.join(ROOT, "bench", "device_check.sh")], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for name in ("versions", "attention", "suite", "xla", "kv_cache"):
+    for name in ("versions", "attention", "suite", "xla", "attn", "kv_cache"):
         assert re.search(rf"^== {name} rc=0 in \d+s$", r.stdout, re.M), (name, r.stdout[-3000:])
     assert "attention_impl=auto -> xla on cpu" in r.stdout
-    assert sorted(os.listdir(tmp_path)) == ["bench_kv_cache.md", "bench_suite.md", "bench_xla.md", "device_check.log"]
+    assert sorted(os.listdir(tmp_path)) == ["bench_attention.md", "bench_kv_cache.md", "bench_suite.md", "bench_xla.md",
+                                            "device_check.log"]
