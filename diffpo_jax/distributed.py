@@ -213,6 +213,15 @@ def host_value(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def host_tree(tree):
+    """`host_value` of every leaf of a pytree; one batched device-to-host transfer (a single
+    sync) when every leaf is fully addressable, per-leaf gathers otherwise."""
+    leaves = jax.tree.leaves(tree)
+    if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    return jax.tree.map(host_value, tree)
+
+
 # ---------------------------------------------------------------- local CPU clusters
 
 def free_port() -> int:

@@ -78,7 +78,7 @@ class MetricsLog:
 
 def _mean_metrics(per_inner: list[dict]) -> dict:
     """Average the train step's scalar metrics over the μ inner iterations (host floats)."""
-    host = [jax.tree.map(lambda x: float(distributed.host_value(x)), m) for m in per_inner]
+    host = jax.tree.map(float, distributed.host_tree(per_inner))  # one sync for all inner steps
     return {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
 
 

@@ -124,6 +124,18 @@ def test_replicate_single_process():
     assert (jax.random.key_data(out["k"]) == jax.random.key_data(jax.random.key(3))).all()
 
 
+def test_host_tree_single_process():
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from diffpo_jax import sharding as shd
+
+    mesh = shd.make_mesh(data=1, fsdp=-1, tp=1)
+    sharded = jax.device_put(np.arange(16, dtype=np.float32).reshape(8, 2), NamedSharding(mesh, P("fsdp")))
+    out = dist.host_tree([{"loss": jax.numpy.float32(1.5), "rows": sharded}, {"loss": np.float32(2.0), "rows": sharded}])
+    assert isinstance(out[0]["rows"], np.ndarray) and out[0]["rows"].tolist() == np.arange(16).reshape(8, 2).tolist()
+    assert [float(m["loss"]) for m in out] == [1.5, 2.0]
+
+
 def test_run_local_kills_peers_when_one_fails(tmp_path):
     code = "import os, sys, time\nif os.environ['DIFFPO_PROCESS_ID'] == '1': sys.exit(3)\ntime.sleep(60)"
     t0 = time.monotonic()
