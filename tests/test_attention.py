@@ -86,3 +86,20 @@ def test_llada_forward_and_cache_window_with_splash():
     win = model.hidden_with_cache(tokens[:, 16:24], 16, ck, cv)
     win_splash = splash.hidden_with_cache(tokens[:, 16:24], 16, ck, cv)
     np.testing.assert_allclose(np.asarray(win_splash), np.asarray(win), atol=1e-4)
+
+
+def test_auto_hands_cudnn_to_jax_on_a_gpu_backend(monkeypatch):
+    """The dispatch itself: with the backend reported as 'gpu', a bf16 call without a key mask
+    reaches jax.nn.dot_product_attention with implementation='cudnn'; with a key mask, 'xla'."""
+    seen = []
+
+    def spy(q, k, v, mask=None, *, scale=None, implementation=None):
+        seen.append((implementation, None if mask is None else mask.shape))
+        return q
+
+    monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(attention.jax.nn, "dot_product_attention", spy)
+    q, k, v, mask = (x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x for x in _qkv(b=2, lq=8, lk=8, hd=64))
+    attention.attention(q, k, v, None, 0.125)
+    attention.attention(q, k, v, mask, 0.125)
+    assert seen == [("cudnn", None), ("xla", (2, 1, 1, 8))]
