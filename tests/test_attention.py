@@ -13,6 +13,7 @@ from diffpo_jax.models import attention, llada
 
 
 @pytest.mark.parametrize("impl, dtype, head_dim, masked, backend, expected", [
+    ("auto", jnp.bfloat16, 128, False, "gpu-T4", "xla"),  # compute capability 7.5: no cuDNN flash attention
     ("auto", jnp.float32, 64, False, "cpu", "xla"),
     (None, jnp.bfloat16, 128, False, "cpu", "xla"),
     ("auto", jnp.bfloat16, 128, False, "tpu", "splash"),
@@ -28,7 +29,9 @@ from diffpo_jax.models import attention, llada
     ("xla", jnp.bfloat16, 128, False, "tpu", "xla"),
 ])
 def test_resolve_impl(impl, dtype, head_dim, masked, backend, expected):
-    assert attention.resolve_impl(impl, dtype, head_dim, masked, backend) == expected
+    capability = 7.5 if backend == "gpu-T4" else 9.0
+    backend = backend.split("-")[0]
+    assert attention.resolve_impl(impl, dtype, head_dim, masked, backend, capability) == expected
 
 
 def test_unknown_impl_is_a_config_error():
@@ -98,6 +101,7 @@ def test_auto_hands_cudnn_to_jax_on_a_gpu_backend(monkeypatch):
         return q
 
     monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(attention, "gpu_compute_capability", lambda: 9.0)
     monkeypatch.setattr(attention.jax.nn, "dot_product_attention", spy)
     q, k, v, mask = (x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x for x in _qkv(b=2, lq=8, lk=8, hd=64))
     attention.attention(q, k, v, None, 0.125)

@@ -8,8 +8,9 @@ No causal mask (LLaDA is bidirectional). Implementations (`LLaDAConfig.attention
 
   auto    the backend's fused kernel where it certainly applies, else xla (`resolve_impl`):
           TPU -> splash when head_dim is a multiple of 128 (LLaDA-8B: 128);
-          GPU -> cudnn for bf16/fp16, head_dim <= 128 and a multiple of 8, no key mask
-          (cuDNN's padding masks are right-padding lengths; ours are left-padded prompts).
+          GPU -> cudnn on Ampere or newer (compute capability >= 8.0; not e.g. a T4) for
+          bf16/fp16, head_dim <= 128 and a multiple of 8, no key mask (cuDNN's padding
+          masks are right-padding lengths; ours are left-padded prompts).
   xla     `jax.nn.dot_product_attention(implementation='xla')`: plain einsums + softmax.
   cudnn   `jax.nn.dot_product_attention(implementation='cudnn')`: cuDNN flash attention
           (NVIDIA GPUs; bf16/fp16).
@@ -34,10 +35,19 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 SPLASH_BLOCK = 128  # sequence padding unit of the splash kernel (its smallest block size)
 
 
+def gpu_compute_capability() -> float:
+    """The first device's CUDA compute capability (8.0 = A100, 9.0 = H100), 0.0 if unknown."""
+    try:
+        return float(jax.devices()[0].compute_capability)
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
+
+
 def resolve_impl(impl: Optional[str], dtype, head_dim: int, masked: bool = False,
-                 backend: Optional[str] = None) -> str:
+                 backend: Optional[str] = None, capability: Optional[float] = None) -> str:
     """The concrete implementation ('xla' | 'cudnn' | 'splash') for `impl` (None = 'auto') on
-    `backend` (default: jax.default_backend()); `masked`: a key mask is given."""
+    `backend` (default: jax.default_backend()); `masked`: a key mask is given; `capability`:
+    the GPU's compute capability (default: read from the device)."""
     impl = impl or "auto"
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention_impl={impl!r}: choose one of {ATTENTION_IMPLS}")
@@ -47,7 +57,8 @@ def resolve_impl(impl: Optional[str], dtype, head_dim: int, masked: bool = False
     if backend == "tpu" and head_dim % 128 == 0:
         return "splash"
     if backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) \
-            and head_dim <= 128 and head_dim % 8 == 0 and not masked:
+            and head_dim <= 128 and head_dim % 8 == 0 and not masked \
+            and (capability if capability is not None else gpu_compute_capability()) >= 8.0:
         return "cudnn"
     return "xla"
 
