@@ -42,7 +42,7 @@ from flax import nnx  # noqa: E402
 from diffpo_jax import evaluate, experiment, tasks  # noqa: E402
 from diffpo_jax import sharding as shd  # noqa: E402
 from diffpo_jax.rl.config import RLConfig  # noqa: E402
-from diffpo_jax.sampling import SamplerConfig, left_pad, make_sampler  # noqa: E402
+from diffpo_jax.sampling import SamplerConfig, make_sampler  # noqa: E402
 
 GEN_LENGTH = 24  # the demo's completion length (configs/demo_sudoku.py)
 
@@ -101,13 +101,8 @@ def load_demo(args, mesh):
     items = tasks.load_eval_items("sudoku", config.task.data_dir or None, n=args.n, seed=42)
     fmt = lambda it: tasks.format_prompt("sudoku", it, tokenizer, "eval", False, "compact")  # noqa: E731
     ids = evaluate.encode_prompts("sudoku", items, tokenizer, 0, fmt)
-    width = max(len(p) for p in ids)
-    batches = []
-    for s in range(0, len(ids), args.batch):
-        chunk = ids[s:s + args.batch]
-        n_real = len(chunk)
-        tokens, pmask = left_pad(chunk + [chunk[-1]] * (args.batch - n_real), llm.cfg.pad_token_id, width)
-        batches.append((np.asarray(tokens), np.asarray(pmask), n_real))
+    batches = [(np.asarray(t), np.asarray(m), n) for _, t, m, n in
+               evaluate.padded_batches(ids, args.batch, llm.cfg.pad_token_id)]
     return llm, tokenizer, items, batches
 
 

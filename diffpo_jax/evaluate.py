@@ -35,6 +35,18 @@ def encode_prompts(task: str, items: Sequence[dict], tokenizer, max_prompt_lengt
     return [x[-max_prompt_length:] if max_prompt_length else x for x in ids]
 
 
+def padded_batches(prompt_ids: Sequence[list[int]], batch_size: int, pad_id: int):
+    """Yield (start, prompt `[batch_size, P]` int32, prompt_mask `[batch_size, P]` bool, n_real):
+    consecutive left-padded batches of one shared width P = the longest prompt; the last batch
+    is filled up by repeating its last prompt (n_real rows are real), so one compile serves all."""
+    width = max(len(p) for p in prompt_ids)
+    for s in range(0, len(prompt_ids), batch_size):
+        chunk = list(prompt_ids[s:s + batch_size])
+        n_real = len(chunk)
+        prompt, pmask = left_pad(chunk + [chunk[-1]] * (batch_size - n_real), pad_id, width)
+        yield s, prompt, pmask, n_real
+
+
 def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampler_cfg: SamplerConfig, *,
              batch_size: int = 32, gamma_fn=None, key: Optional[jax.Array] = None, mesh=None,
              prompt_ids: Optional[list[list[int]]] = None, progress: bool = True) -> tuple[list[dict], dict]:
@@ -47,21 +59,17 @@ def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampl
     """
     key = jax.random.key(0) if key is None else key
     prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(task, items, tokenizer)
-    pad_id = llm.cfg.pad_token_id
-    width = max(len(p) for p in prompt_ids)
     graphdef, state = nnx.split(llm)
     sampler = make_sampler(graphdef, sampler_cfg, mesh)
     records = []
-    starts = range(0, len(items), batch_size)
-    for bi, s in enumerate(tqdm(starts, desc=f"eval {task} {sampler_cfg.rule}", disable=not progress, leave=False)):
-        chunk = prompt_ids[s:s + batch_size]
-        n_real = len(chunk)
-        chunk = chunk + [chunk[-1]] * (batch_size - n_real)
-        prompt, pmask = left_pad(chunk, pad_id, width)
+    batches = padded_batches(prompt_ids, batch_size, llm.cfg.pad_token_id)
+    for bi, (s, prompt, pmask, n_real) in enumerate(tqdm(batches, total=-(-len(prompt_ids) // batch_size),
+                                                         desc=f"eval {task} {sampler_cfg.rule}",
+                                                         disable=not progress, leave=False)):
         gamma = None if gamma_fn is None else host_value(gamma_fn(prompt, pmask))
         out = sampler(state, from_host(prompt, mesh), from_host(pmask, mesh), jax.random.fold_in(key, bi),
                       gamma=None if gamma is None else from_host(gamma, mesh))
-        comp = host_value(out.tokens)[:, width:]
+        comp = host_value(out.tokens)[:, prompt.shape[1]:]
         cmask = host_value(out.completion_mask)
         nfe = host_value(out.nfe)
         for j in range(n_real):
