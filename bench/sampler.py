@@ -87,9 +87,11 @@ def torch_generate(model, prompt: torch.Tensor, cfg: SamplerConfig, gamma, thres
             lsm = torch.log_softmax(logits, -1)
             if temperature > 0:
                 u = torch.rand(logits.shape, generator=gen, device=dev).clamp_min(1e-20)
-                x0 = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
+                noisy = logits / temperature - torch.log(-torch.log(u))
             else:
-                x0 = logits.argmax(-1)
+                noisy = logits.clone()
+            noisy[..., mask_id] = -torch.inf  # never propose the mask id (as diffpo_jax.sampling.rules.propose)
+            x0 = noisy.argmax(-1)
             conf = lsm.gather(-1, x0[..., None])[..., 0].exp()
             if cfg.rule in ("fixed", "topk"):
                 k = counts[:, step] if cfg.rule == "fixed" else torch.full((b,), cfg.k, device=dev)

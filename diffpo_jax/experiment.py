@@ -63,7 +63,17 @@ def generator_kwargs(config: ml_collections.ConfigDict) -> dict:
 
 
 def rl_config(config: ml_collections.ConfigDict) -> RLConfig:
-    return make_dataclass(RLConfig, config.rl, "rl")
+    """RLConfig of `config.rl`; with joint_sampler, the rollout and eval samplers must be EB:
+    the threshold head's γ is EB's threshold, which every other rule would silently ignore."""
+    rl = make_dataclass(RLConfig, config.rl, "rl")
+    if rl.joint_sampler:
+        for section in ("sampler", "eval"):
+            rule = config[section].get("rule", "fixed") if section in config else "eb"
+            if rule != "eb":
+                raise ConfigError(f"config.{section}.rule={rule!r}: config.rl.joint_sampler trains the EB "
+                                  f"threshold γ, which rule {rule!r} ignores; set config.{section}.rule = 'eb' "
+                                  "(or joint_sampler = False)")
+    return rl
 
 
 def sampler_config(section: ml_collections.ConfigDict, model_cfg: llada.LLaDAConfig, prefix: str = "sampler",

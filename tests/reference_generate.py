@@ -52,6 +52,12 @@ class CountingModel:
         return logits
 
 
+def _argmax_not(logits, token_id):
+    """argmax over the vocabulary except `token_id` (diffpo_jax never proposes the mask id;
+    LLaDA's code would, leaving that position masked)."""
+    return np.where(np.arange(logits.shape[-1]) == token_id, -np.inf, logits).argmax(-1)
+
+
 def llada_generate(model: CountingModel, prompt, gen_length, block_length, steps, padding_mask=None):
     prompt = np.asarray(prompt)
     b, p = prompt.shape
@@ -69,7 +75,7 @@ def llada_generate(model: CountingModel, prompt, gen_length, block_length, steps
         for s in range(per_block):
             is_mask = x == mask_id
             logits = model(x, p, pm)
-            x0 = logits.argmax(-1)
+            x0 = _argmax_not(logits, mask_id)
             lsm = _log_softmax(logits)
             x0_logp = np.take_along_axis(lsm, x0[..., None], -1)[..., 0]
             conf = np.exp(x0_logp)
@@ -119,7 +125,7 @@ def row_generate(model: CountingModel, prompt, gen_length, block_length, rule, k
                 logits = model(x, p, pm)[0, lo:hi]
                 step = model.calls - calls_before
                 lsm = _log_softmax(logits)
-                x0 = logits.argmax(-1)
+                x0 = _argmax_not(logits, mask_id)
                 x0_logp = np.take_along_axis(lsm, x0[:, None], -1)[:, 0]
                 entropy = -np.where(np.exp(lsm) > 0, np.exp(lsm) * lsm, 0).sum(-1)
                 elig = np.nonzero(x[0, lo:hi] == mask_id)[0]

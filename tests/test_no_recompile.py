@@ -31,7 +31,7 @@ def test_sampler_traces_once_for_new_gamma_threshold_temperature_arrays():
                           temperature=np.float32(t))
             nfes.add(tuple(np.asarray(out.nfe)))
         assert sampler.trace_count == 1, rule
-        assert sampler._jitted._cache_size() == 1, rule
+        assert sampler.jitted._cache_size() == 1, rule
         assert len(nfes) > 1, rule  # the arrays really changed the decode
 
 

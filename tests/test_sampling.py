@@ -168,3 +168,19 @@ def test_completion_mask_and_input_errors(setup):
         sampler(state, tokens, mask, gamma=[0.1, 0.2])
     with pytest.raises(ValueError, match="max_sequence_length"):
         make_sampler(graphdef, SamplerConfig(rule="eb", gen_length=512, block_length=32))(state, tokens, mask)
+
+
+@pytest.mark.parametrize("rule", ["fixed", "topk", "threshold", "eb"])
+def test_a_model_that_predicts_the_mask_token_still_fills_every_block(rule):
+    """The mask id is never proposed: with a model that ranks M first everywhere, every
+    position is revealed exactly once, with a real token, and no block stalls."""
+    from diffpo_jax.models import llada
+    cfg = llada.tiny()
+    model = llada.LLaDA(cfg, rngs=nnx.Rngs(0))
+    model.lm_head[...] = model.lm_head[...].at[:, cfg.mask_token_id].add(50.0)
+    out = generate(model, [[1, 2, 3, 4]] * 2, SamplerConfig(rule=rule, gen_length=16, block_length=8),
+                   temperature=0.9)
+    comp, steps = np.asarray(out.tokens)[:, 4:], np.asarray(out.unmask_step)
+    assert not np.any(comp == cfg.mask_token_id)
+    assert steps.min() >= 1 and np.all(steps.max(-1) == np.asarray(out.nfe))
+    assert np.all(np.asarray(out.nfe) <= 16) and np.all(np.isfinite(np.asarray(out.behaviour_logp)))

@@ -57,6 +57,16 @@ def test_eb_edge_cases():
     assert _sel(got) == [[0, 1, 2], [0, 1], [0], []]
 
 
+def test_propose_never_picks_the_excluded_id_but_scores_the_full_softmax():
+    logits = jnp.array([[[1.0, 5.0, 2.0], [0.0, 9.0, -1.0]]])  # id 1 (say the mask id) is every argmax
+    full = jax.nn.log_softmax(logits, -1)
+    for t in (0.0, 1.0):
+        prop = rules.propose(jnp.broadcast_to(logits, (1, 2, 3)), jax.random.key(2), jnp.full(1, t), never=1)
+        assert 1 not in np.asarray(prop.tokens).ravel().tolist()
+        tok = np.asarray(prop.tokens[0])
+        np.testing.assert_allclose(np.asarray(prop.logp[0]), np.asarray(full[0])[np.arange(2), tok], rtol=1e-6)
+
+
 def test_propose_greedy_and_gumbel_frequencies():
     logits = jnp.array([[[2.0, 1.0, 0.0, -jnp.inf]]])  # a -inf logit (logits_eos_inf) stays finite
     p = jax.nn.softmax(logits[0, 0])

@@ -83,6 +83,10 @@ def test_config_errors_name_the_field():
     with pytest.raises(experiment.ConfigError, match=r"config\.rl\.bogus: unknown field"):
         experiment.rl_config(c)
     c = base.get_config()
+    c.rl.joint_sampler = True  # the head's γ is EB's threshold: base's fixed-rule rollouts would ignore it
+    with pytest.raises(experiment.ConfigError, match=r"config\.sampler\.rule='fixed'.*set config\.sampler\.rule = 'eb'"):
+        experiment.rl_config(c)
+    c = base.get_config()
     c.sampler.rule = "greedy"
     with pytest.raises(experiment.ConfigError, match=r"config\.sampler: .*rule='greedy'"):
         experiment.sampler_config(c.sampler, llada.tiny())

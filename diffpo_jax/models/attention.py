@@ -18,6 +18,8 @@ No causal mask (LLaDA is bidirectional). Implementations (`LLaDAConfig.attention
           a `shard_map` over the mesh (batch over data x fsdp, heads over tp). Sequences are
           padded to a multiple of 128 and padded / masked keys excluded with segment ids.
           Off TPU it runs in the Pallas interpreter (slow; for tests on CPU).
+The platform is the current mesh's (`current_platform`), so compiling ahead of time for a
+TPU topology from a CPU host (bench/tpu_compile.py) resolves and lowers the TPU kernels.
 """
 
 from __future__ import annotations
@@ -43,17 +45,26 @@ def gpu_compute_capability() -> float:
         return 0.0
 
 
+def current_platform() -> str:
+    """The platform the current computation is for: that of the mesh set with `jax.set_mesh`
+    (so an ahead-of-time compile for a TPU topology from a CPU host says 'tpu'), else
+    `jax.default_backend()`."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+    return getattr(device, "platform", None) or jax.default_backend()
+
+
 def resolve_impl(impl: Optional[str], dtype, head_dim: int, masked: bool = False,
                  backend: Optional[str] = None, capability: Optional[float] = None) -> str:
     """The concrete implementation ('xla' | 'cudnn' | 'splash') for `impl` (None = 'auto') on
-    `backend` (default: jax.default_backend()); `masked`: a key mask is given; `capability`:
+    `backend` (default: `current_platform()`); `masked`: a key mask is given; `capability`:
     the GPU's compute capability (default: read from the device)."""
     impl = impl or "auto"
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention_impl={impl!r}: choose one of {ATTENTION_IMPLS}")
     if impl != "auto":
         return impl
-    backend = backend or jax.default_backend()
+    backend = backend or current_platform()
     if backend == "tpu" and head_dim % 128 == 0:
         return "splash"
     if backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) \
@@ -76,9 +87,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: Optional[jax.A
 # ----------------------------------------------------------------------------- splash (TPU)
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(heads: int, q_len: int, kv_len: int, interpret: bool):
-    """A splash MHA kernel for one example: (q [H, Lq, hd], k, v [H, Lk, hd], SegmentIds) -> [H, Lq, hd]."""
+    """A splash MHA kernel for one example: (q [H, Lq, hd], k, v [H, Lk, hd], SegmentIds) -> [H, Lq, hd].
+
+    Built inside the trace that uses it (once per compile): its mask tables become constants
+    of that program. Building it eagerly and caching it would run ops on the mesh's devices,
+    which an ahead-of-time compile for a TPU topology does not have."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -89,8 +103,7 @@ def _splash_kernel(heads: int, q_len: int, kv_len: int, interpret: bool):
     sizes = sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
                           block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
     mask = sm.MultiHeadMask([sm.FullMask((q_len, kv_len)) for _ in range(heads)])
-    with jax.ensure_compile_time_eval():  # its mask tables are concrete constants, safe to cache across traces
-        return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def _pad_to(x: jax.Array, axis: int, multiple: int, value=0) -> jax.Array:
@@ -128,7 +141,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: Optiona
         k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     real = jnp.ones((b, lk), bool) if key_mask is None else key_mask.astype(bool)
     kv_segment = _pad_to(jnp.where(real, 0, 1).astype(jnp.int32), 1, SPLASH_BLOCK, value=1)
-    interpret = jax.default_backend() != "tpu"
+    interpret = current_platform() != "tpu"
     local = functools.partial(_splash_local, scale=scale, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or mesh.empty or mesh.size == 1:

@@ -58,7 +58,7 @@ class Sampler:
         self.graphdef, self.cfg, self.mesh = graphdef, cfg, mesh
         self.trace_count = 0
         self._model_cfg = None
-        self._jitted = jax.jit(self._traced)
+        self.jitted = jax.jit(self._traced)  # public for ahead-of-time lowering (bench/tpu_compile.py)
 
     def _traced(self, state, prompt_tokens, prompt_mask, key, gamma, threshold, temperature) -> SampleOutput:
         self.trace_count += 1  # runs only while tracing: counts compiles
@@ -113,7 +113,7 @@ class Sampler:
                                           for a in (prompt_tokens, prompt_mask))
             per_row = [jax.device_put(a, shd.batch_sharding(self.mesh, 1)) for a in per_row]
         with shd.use_mesh(self.mesh):
-            return self._jitted(state, prompt_tokens, prompt_mask, key, *per_row)
+            return self.jitted(state, prompt_tokens, prompt_mask, key, *per_row)
 
 
 def make_sampler(graphdef, cfg: SamplerConfig, mesh: Optional[jax.sharding.Mesh] = None) -> Sampler:

@@ -60,7 +60,8 @@ class SampleOutput(struct.PyTreeNode):
 
     tokens `[B, P+L]` int32: prompt (as given, left-padded) + completion.
     unmask_step `[B, L]` int32: 1-based per-row step at which each completion token was
-      revealed (counted across blocks; 0 only if never revealed, which cannot happen).
+      revealed (counted across blocks; never 0: the mask id is never proposed, so every
+      revealed position holds a real token and every block fills).
     behaviour_logp `[B, L]` f32: log softmax of the untempered logits (after CFG and
       logits_eos_inf, i.e. what the sampler used) at the reveal step, of the revealed token.
     behaviour_logp_tempered `[B, L]` f32: the same under softmax(logits / T); 0 where T = 0
@@ -69,7 +70,8 @@ class SampleOutput(struct.PyTreeNode):
       rule='fixed' has steps that reveal nothing).
     completion_mask `[B, L]` bool: positions up to and including the first EOS (all if none).
     completion_length `[B]` int32: completion_mask.sum(-1).
-    forwards `[]` int32: batched forwards actually run (= max(nfe)).
+    forwards `[]` int32: batched forwards actually run (= max(nfe) without a KV cache; with one,
+      the sum over blocks of the block's most steps in any row).
     cfg_guided (static): True if every forward was a CFG pair (still 1 NFE per step).
     """
 
@@ -228,7 +230,7 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
         if cfg.logits_eos_inf:
             logits = logits.at[..., eos_id].set(-jnp.inf)
         k_noise, k_select = jax.random.split(jax.random.fold_in(key, st.it))
-        prop = rules.propose(logits, k_noise, temperature)
+        prop = rules.propose(logits, k_noise, temperature, never=mask_id)
         eligible = (_take_block(st.comp, onehot) == mask_id) & live[:, None]
         select = _select(cfg, prop, eligible, st, k_select, gamma, threshold)
         active = live if cfg.rule == "fixed" else jnp.any(eligible, axis=-1)

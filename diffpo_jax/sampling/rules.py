@@ -8,7 +8,7 @@ NumPy reference in tests/reference_generate.py).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +24,16 @@ class Proposal(NamedTuple):
     entropy: jax.Array  # f32 -sum_v p_v log p_v, p = softmax(logits) (untempered)
 
 
-def propose(logits: jax.Array, key: jax.Array, temperature: jax.Array) -> Proposal:
+def propose(logits: jax.Array, key: jax.Array, temperature: jax.Array, never: Optional[int] = None) -> Proposal:
     """Gumbel-max proposals. logits `[B, N, V]` (any float dtype; computed in fp32),
     temperature `[B]` f32 (0 = greedy). argmax(logits/T + g), g ~ Gumbel(0, 1), samples
-    from softmax(logits / T); this equals LLaDA's float64 `exp(logits) / (-log u)^T`."""
+    from softmax(logits / T); this equals LLaDA's float64 `exp(logits) / (-log u)^T`.
+
+    `never` (the mask id): a token id that is never proposed. Revealing M would leave the
+    position masked, so it could be "revealed" again or stall a threshold / EB block
+    (LLaDA's code has no such guard). The proposal is the argmax over the other ids; its
+    log-prob, confidence and the entropy still come from the full softmax, the distribution
+    the surrogate likelihoods score (rl/likelihood.py)."""
     lf = logits.astype(jnp.float32)
     t = temperature.astype(jnp.float32)[:, None, None]
     greedy = t <= 0
@@ -35,6 +41,8 @@ def propose(logits: jax.Array, key: jax.Array, temperature: jax.Array) -> Propos
     gumbel = jax.lax.cond(jnp.any(~greedy), lambda: jax.random.gumbel(key, lf.shape, jnp.float32),
                           lambda: jnp.zeros(lf.shape, jnp.float32))  # all-greedy batches draw no noise
     noisy = jnp.where(greedy, lf, lf / safe_t + gumbel)
+    if never is not None and 0 <= never < lf.shape[-1]:
+        noisy = noisy.at[..., never].set(-jnp.inf)
     x0 = jnp.argmax(noisy, axis=-1).astype(jnp.int32)
     lsm = jax.nn.log_softmax(lf, axis=-1)
     logp = jnp.take_along_axis(lsm, x0[..., None], axis=-1)[..., 0]
