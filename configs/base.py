@@ -97,4 +97,5 @@ def get_config():
     c.eval.gamma = 0.1
     c.eval.gammas = (0.1,)         # fixed-gamma sweep for the Pareto plot
     c.eval.kv_cache = "none"       # none | prefix | dual (bench/kv_cache_demo.py: its accuracy cost)
+    c.eval.pad_multiple = 0        # 0: one prompt width for all (one compile); m: per batch, rounded up to m (1 = d1)
     return c

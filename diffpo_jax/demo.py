@@ -32,7 +32,8 @@ from diffpo_jax.rl.rollout import adaptive_gamma_fn
 def _evaluate(llm, tokenizer, config, items, ids, scfg, gamma_fn=None) -> dict:
     _, summary = evaluate.run_eval(llm, tokenizer, config.task.name, items, scfg,
                                    batch_size=int(config.train.eval_batch), gamma_fn=gamma_fn,
-                                   key=jax.random.key(1234), prompt_ids=ids, progress=False)
+                                   key=jax.random.key(1234), prompt_ids=ids, progress=False,
+                                   pad_multiple=int(config.eval.get("pad_multiple", 0)))
     return summary
 
 

@@ -35,34 +35,46 @@ def encode_prompts(task: str, items: Sequence[dict], tokenizer, max_prompt_lengt
     return [x[-max_prompt_length:] if max_prompt_length else x for x in ids]
 
 
-def padded_batches(prompt_ids: Sequence[list[int]], batch_size: int, pad_id: int):
+def padded_batches(prompt_ids: Sequence[list[int]], batch_size: int, pad_id: int, pad_multiple: int = 0):
     """Yield (start, prompt `[batch_size, P]` int32, prompt_mask `[batch_size, P]` bool, n_real):
-    consecutive left-padded batches of one shared width P = the longest prompt; the last batch
-    is filled up by repeating its last prompt (n_real rows are real), so one compile serves all."""
-    width = max(len(p) for p in prompt_ids)
+    consecutive left-padded batches; the last batch is filled up by repeating its last prompt
+    (n_real rows are real).
+
+    pad_multiple = 0: one shared width P = the longest prompt of all (one compile serves all).
+    pad_multiple = m > 0: each batch is as wide as its own longest prompt rounded up to a
+    multiple of m; m = 1 is d1's evaluation (every batch padded to its longest prompt), which
+    matters in parity mode, where the model attends to the pads; one compile per width."""
+    if pad_multiple < 0:
+        raise ValueError(f"pad_multiple={pad_multiple}: use 0 (one width for all) or m >= 1")
+    longest = max(len(p) for p in prompt_ids)
     for s in range(0, len(prompt_ids), batch_size):
         chunk = list(prompt_ids[s:s + batch_size])
         n_real = len(chunk)
+        width = longest
+        if pad_multiple:
+            width = -(-max(len(p) for p in chunk) // pad_multiple) * pad_multiple
         prompt, pmask = left_pad(chunk + [chunk[-1]] * (batch_size - n_real), pad_id, width)
         yield s, prompt, pmask, n_real
 
 
 def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampler_cfg: SamplerConfig, *,
              batch_size: int = 32, gamma_fn=None, key: Optional[jax.Array] = None, mesh=None,
-             prompt_ids: Optional[list[list[int]]] = None, progress: bool = True) -> tuple[list[dict], dict]:
+             prompt_ids: Optional[list[list[int]]] = None, progress: bool = True,
+             pad_multiple: int = 0) -> tuple[list[dict], dict]:
     """Decode every item with `sampler_cfg` and score it.
 
     gamma_fn(prompt [b, P], prompt_mask [b, P]) -> γ `[b]` (the adaptive sampler's μ_φ(p));
     None = the config's fixed γ / threshold. Returns (records, summary) where summary has
     `accuracy`, `nfe_mean` and the task's extra numbers. Batches are padded to `batch_size`
-    (so one compile serves the whole run); all prompts share one padded length P.
+    rows; prompts share one padded length P (one compile), or with pad_multiple = m > 0 each
+    batch takes its own longest prompt rounded up to a multiple of m (`padded_batches`).
     """
     key = jax.random.key(0) if key is None else key
     prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(task, items, tokenizer)
     graphdef, state = nnx.split(llm)
     sampler = make_sampler(graphdef, sampler_cfg, mesh)
     records = []
-    batches = padded_batches(prompt_ids, batch_size, llm.cfg.pad_token_id)
+    batches = padded_batches(prompt_ids, batch_size, llm.cfg.pad_token_id, pad_multiple)
     for bi, (s, prompt, pmask, n_real) in enumerate(tqdm(batches, total=-(-len(prompt_ids) // batch_size),
                                                          desc=f"eval {task} {sampler_cfg.rule}",
                                                          disable=not progress, leave=False)):
@@ -151,6 +163,10 @@ def main(argv=None) -> int:
     p.add_argument("--attention_impl", default="auto", choices=list(ATTENTION_IMPLS),
                    help="attention kernel: auto = splash on TPU / cuDNN on GPU where they apply, else xla")
     p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--pad_multiple", type=int, default=0,
+                   help="0: pad every prompt to the longest of the benchmark (one compile); m >= 1: pad each "
+                        "batch to its longest prompt rounded up to a multiple of m (1 = d1's eval, with "
+                        "--batch_size 8: the model attends to the pads, so this moves accuracy)")
     p.add_argument("--max_prompt_length", type=int, default=0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out_dir", default="runs/eval")
@@ -175,7 +191,7 @@ def main(argv=None) -> int:
     points = []
     for label, cfg in settings:
         records, summary = run_eval(llm, tokenizer, args.task, items, cfg, batch_size=args.batch_size,
-                                    prompt_ids=ids, key=jax.random.key(args.seed))
+                                    prompt_ids=ids, key=jax.random.key(args.seed), pad_multiple=args.pad_multiple)
         write_jsonl(os.path.join(args.out_dir, f"{args.task}_{label}.jsonl"), records)
         points.append({"label": label, "series": args.rule, **summary})
         print(f"{args.task} {label:>12}: accuracy {100 * summary['accuracy']:.2f}%  mean NFE {summary['nfe_mean']:.2f}"

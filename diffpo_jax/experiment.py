@@ -79,7 +79,7 @@ def rl_config(config: ml_collections.ConfigDict) -> RLConfig:
 def sampler_config(section: ml_collections.ConfigDict, model_cfg: llada.LLaDAConfig, prefix: str = "sampler",
                    **extra) -> SamplerConfig:
     """The sampler of a config section (`sampler` or `eval`), ids taken from the model."""
-    skip = tuple(k for k in ("gammas", "thresholds", "items", "batch") if k in section)
+    skip = tuple(k for k in ("gammas", "thresholds", "items", "batch", "pad_multiple") if k in section)
     return make_dataclass(SamplerConfig, section, prefix, skip=skip, mask_token_id=model_cfg.mask_token_id,
                           eos_token_id=model_cfg.eos_token_id, **extra)
 

@@ -103,7 +103,7 @@ def make_evaluator(config, policy_ref: Callable, tokenizer, rl_cfg, mesh) -> Cal
         _, summary = evaluate.run_eval(policy.llm, tokenizer, config.task.name, items, scfg,
                                        batch_size=int(config.train.eval_batch), gamma_fn=gamma_fn,
                                        key=jax.random.key(int(config.seed) + 7), mesh=mesh, prompt_ids=ids,
-                                       progress=False)
+                                       progress=False, pad_multiple=int(config.eval.get("pad_multiple", 0)))
         return {f"eval/{k}": float(v) for k, v in summary.items()}
 
     return run

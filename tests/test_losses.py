@@ -68,7 +68,7 @@ def test_group_advantages():
     r = jnp.array([1.0, 0.0, 0.5, 2.0, 2.0, 2.0])
     np.testing.assert_allclose(L.group_advantages(r, 3), [0.5, -0.5, 0.0, 0, 0, 0], atol=1e-6)
     a = L.group_advantages(r, 3, std_normalize=True)
-    np.testing.assert_allclose(a[:3], np.array([0.5, -0.5, 0]) / (np.std([1, 0, 0.5]) + 1e-4), rtol=1e-5)
+    np.testing.assert_allclose(a[:3], np.array([0.5, -0.5, 0]) / (np.std([1, 0, 0.5], ddof=1) + 1e-4), rtol=1e-5)
     np.testing.assert_allclose(a[3:], 0.0)
     with pytest.raises(ValueError, match="num_generations"):
         L.group_advantages(r, 4)

@@ -28,7 +28,7 @@ class RLConfig:
     epsilon:           PPO clip ε (ratio clipped to [1−ε, 1+ε]).
     beta:              k3 KL coefficient to the reference (base model, LoRA off).
     clamp_c:           C, upper clamp of the IS weight (reconstructed; sweep {1, 2, 5}).
-    std_normalize:     divide group advantages by std + 1e-4 (d1: False).
+    std_normalize:     divide group advantages by the unbiased group std + 1e-4 (TRL's; d1: False).
     loss_agg:          token mean over the batch (d1) | per-sequence mean then batch mean.
     ratio_unit:        token (d1) | step: one ratio / IS weight per decoding step (reconstructed).
     num_inner:         μ, inner gradient steps per rollout (driven by the caller).

@@ -45,7 +45,8 @@ class LossOut(NamedTuple):
 
 
 def group_advantages(rewards: jax.Array, group_size: int, std_normalize: bool = False) -> jax.Array:
-    """A_g = r_g − mean_group(r) (d1), optionally / (std_group(r) + 1e-4) (population std).
+    """A_g = r_g − mean_group(r) (d1), optionally / (std_group(r) + 1e-4) with the unbiased
+    (ddof = 1) std of torch's `.std()`, as d1's / TRL's GRPO trainers (groups of one: 0).
 
     rewards `[B] f32`, consecutive groups of `group_size` rows. Returns `[B] f32`.
     """
@@ -55,7 +56,7 @@ def group_advantages(rewards: jax.Array, group_size: int, std_normalize: bool = 
     r = rewards.astype(jnp.float32).reshape(b // group_size, group_size)
     adv = r - r.mean(axis=1, keepdims=True)
     if std_normalize:
-        adv = adv / (r.std(axis=1, keepdims=True) + 1e-4)
+        adv = adv / (r.std(axis=1, keepdims=True, ddof=1 if group_size > 1 else 0) + 1e-4)
     return adv.reshape(b)
 
 
