@@ -40,6 +40,9 @@ def get_config(arg: str = "gsm8k,2mf_is"):
         c.rl.joint_sampler = True
         c.sampler.rule = "eb"
         c.rl.nfe_ref = float(c.sampler.gen_length)
+        # the head is a fresh MLP: at the LoRA's 3e-6 AdamW moves it ~1e-6 per step and μ(p) never
+        # leaves γ_init (the demo needed the same factor, configs/demo_sudoku.py); it learns at 3e-4
+        c.rl.head_lr_scale = 100.0
     c.train.out_dir = f"runs/{c.name}"
     c.train.export_hf = True
     return c

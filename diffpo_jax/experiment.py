@@ -84,6 +84,18 @@ def sampler_config(section: ml_collections.ConfigDict, model_cfg: llada.LLaDACon
                           eos_token_id=model_cfg.eos_token_id, **extra)
 
 
+def behaviour_logp_warnings(rl: RLConfig, sampler: SamplerConfig) -> list[str]:
+    """Rollout settings under which an IS method's behaviour log-probs are not the surrogate's
+    own computation (so w != 1 even where the 2-MF context is exact). Allowed, but said."""
+    fields = [f for f, on in (("kv_cache", sampler.kv_cache != "none"), ("cfg_scale", sampler.cfg_scale > 0),
+                              ("logits_eos_inf", sampler.logits_eos_inf)) if on]
+    if not rl.method.endswith("_is"):
+        return []
+    return [f"config.sampler.{f} changes the rollout forward, so the behaviour log-probs in {rl.method}'s IS "
+            "weights come from another computation than the surrogate's: w != 1 even where the 2-MF context "
+            "is exact (docs/benchmarks.md, 'In the RL loop', measures it for kv_cache)" for f in fields]
+
+
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     try:
         return shd.make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.tp))

@@ -198,6 +198,8 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
     mesh = experiment.build_mesh(config)
     llm, tokenizer = experiment.build_llm(config, mesh)
     sampler_cfg = experiment.sampler_config(config.sampler, llm.cfg)
+    for warning in experiment.behaviour_logp_warnings(rl_cfg, sampler_cfg):
+        print(f"warning: {warning}")
     policy = experiment.build_policy(llm, rl_cfg, int(config.seed))
     ts = init_train_state(policy, rl_cfg, mesh)
     step_fn = make_train_step(ts.graphdef, rl_cfg, ts.tx, mesh, trainable=ts.trainable, frozen=ts.frozen)

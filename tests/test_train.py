@@ -194,3 +194,13 @@ def test_two_processes_train_and_checkpoint_like_one(tiny_hf, tmp_path):
     assert "eval/accuracy" in multi[2]
     state = tmp_path / "multi" / "checkpoints" / "2" / "state"
     assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()
+
+
+def test_is_methods_warn_when_rollouts_change_the_forward():
+    from diffpo_jax.rl import RLConfig
+    from diffpo_jax.sampling import SamplerConfig
+    cached = SamplerConfig(rule="eb", kv_cache="prefix")
+    assert experiment.behaviour_logp_warnings(RLConfig(method="2mf"), cached) == []
+    assert experiment.behaviour_logp_warnings(RLConfig(method="2mf_is"), SamplerConfig(rule="eb")) == []
+    (w,) = experiment.behaviour_logp_warnings(RLConfig(method="2mf_is"), cached)
+    assert w.startswith("config.sampler.kv_cache") and "w != 1" in w
