@@ -12,9 +12,10 @@ kernel), but never run. Per workload and topology it reports:
   compile s      trace + lower + compile on this host
   attention      what attention_impl=auto resolved to, and whether the splash kernel (a
                  Mosaic tpu_custom_call) is in the compiled program
-  GB / chip      the compiler's buffer assignment: arguments + outputs + temporaries −
-                 donated (aliased) buffers, per chip; against the chip's HBM (HBM_GB)
-  fits           GB / chip ≤ HBM per chip
+  GiB / chip     the compiler's buffer assignment: arguments + outputs + temporaries −
+                 donated (aliased) buffers, per chip; against the chip's HBM (HBM_GIB)
+  fits           GiB / chip ≤ HBM per chip; "no (compiler: out of HBM)" when the TPU compiler
+                 refuses the program (then GiB / chip shows its temporaries alone)
 Workloads (LLaDA-8B shapes with random bf16 weights: only shapes matter here; B = rows per
 chip × data·fsdp):
   forward     the rollout forward: logits `[B, P+L, V]` of one model call
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 
@@ -55,13 +57,13 @@ from diffpo_jax.sampling import SamplerConfig, make_sampler  # noqa: E402
 WORKLOADS = ("forward", "sampler", "train_step")
 # A topology per common 8-core slice (4 chips of 2 cores on v4 / v5p, 8 single-core chips on v5e / v6e).
 DEFAULT_TOPOLOGIES = ("v5e:2x4", "v4:2x2x1", "v5p:2x2x1", "v6e:2x4")
-# HBM per chip, GB (1e9 bytes), by lower-case substring of the device kind; first match wins.
-HBM_GB = {"v5 lite": 16.0, "v5e": 16.0, "v6 lite": 32.0, "v6e": 32.0, "v5p": 95.0, "v5": 95.0, "v4": 32.0}
+# HBM per chip, GiB, by lower-case substring of the device kind; first match wins.
+HBM_GIB = {"v5 lite": 16.0, "v5e": 16.0, "v6 lite": 32.0, "v6e": 32.0, "v5p": 95.0, "v5": 95.0, "v4": 32.0}
 
 
-def hbm_gb(device_kind: str) -> float | None:
+def hbm_gib(device_kind: str) -> float | None:
     kind = device_kind.lower()
-    return next((gb for key, gb in HBM_GB.items() if key in kind), None)
+    return next((gib for key, gib in HBM_GIB.items() if key in kind), None)
 
 
 def topology_devices(name: str) -> list:
@@ -107,10 +109,10 @@ def key_struct(mesh):
 def report(compiled, seconds: float, hbm: float | None) -> dict:
     mem = compiled.memory_analysis()
     per_chip = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                - mem.alias_size_in_bytes) / 1e9
+                - mem.alias_size_in_bytes) / 2**30
     text = compiled.as_text()
-    return dict(compile_s=seconds, gb_per_chip=per_chip, args_gb=mem.argument_size_in_bytes / 1e9,
-                temp_gb=mem.temp_size_in_bytes / 1e9, fits=None if hbm is None else per_chip <= hbm,
+    return dict(compile_s=seconds, gib_per_chip=per_chip, args_gib=mem.argument_size_in_bytes / 2**30,
+                temp_gib=mem.temp_size_in_bytes / 2**30, fits=None if hbm is None else per_chip <= hbm,
                 splash_in_program="tpu_custom_call" in text and "splash" in text.lower())
 
 
@@ -172,10 +174,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--forward_rows", type=int, default=8, help="forward rows per data*fsdp shard")
     ap.add_argument("--sampler_rows", type=int, default=8, help="sampler rows per data*fsdp shard")
     ap.add_argument("--train_rows", type=int, default=6, help="train-step rows per data*fsdp shard (d1: 6 per GPU)")
+    ap.add_argument("--group", type=int, default=6, help="G, completions per prompt of the train step (divides its B)")
     ap.add_argument("--prompt_len", type=int, default=128)
     ap.add_argument("--gen_length", type=int, default=256)
     ap.add_argument("--method", default="2mf_is", help="RLConfig.method of the train step")
     ap.add_argument("--joint", action="store_true", help="train the threshold head too (joint model + sampler)")
+    ap.add_argument("--micro_batches", type=int, default=1, help="RLConfig.micro_batches of the train step")
     ap.add_argument("--lora_rank", type=int, default=128)
     ap.add_argument("--remat", default="full", choices=llada.REMAT_POLICIES, help="train step remat policy")
     ap.add_argument("--attention_impl", default="auto", help="auto | xla | splash")
@@ -204,7 +208,7 @@ def run_topology(name: str, args) -> list:
     data, fsdp, tp = (int(x) for x in args.mesh.split(",")) if args.mesh else (1, -1, 1)
     mesh = shd.make_mesh(data=data, fsdp=fsdp, tp=tp, devices=devices)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    hbm = hbm_gb(kind) if devices[0].platform == "tpu" else None
+    hbm = hbm_gib(kind) if devices[0].platform == "tpu" else None
     mesh_txt = "x".join(str(mesh.shape[a]) for a in shd.MESH_AXES)
     seq = args.prompt_len + args.gen_length
     rows = []
@@ -215,42 +219,61 @@ def run_topology(name: str, args) -> list:
                                 model_config(args).head_dim)
         if work == "forward":
             b = args.forward_rows * shards
-            c = compile_forward(model_config(args), mesh, b, seq)
+            build = lambda: compile_forward(model_config(args), mesh, b, seq)  # noqa: E731
             shape = f"B={b}, S={seq}"
         elif work == "sampler":
             b = args.sampler_rows * shards
-            c = compile_sampler(model_config(args), mesh, b, args.prompt_len, args.gen_length)
+            build = lambda: compile_sampler(model_config(args), mesh, b, args.prompt_len, args.gen_length)  # noqa
             shape = f"B={b}, P={args.prompt_len}, L={args.gen_length}, eb, blocks of 32"
         else:  # train_step
             b = args.train_rows * shards
-            rl = RLConfig(method=args.method, joint_sampler=args.joint, num_generations=args.train_rows)
+            if b % args.group:
+                raise SystemExit(f"--group {args.group} does not divide the train step's B = {b}")
+            rl = RLConfig(method=args.method, joint_sampler=args.joint, num_generations=args.group,
+                          micro_batches=args.micro_batches)
             cfg = model_config(args, lora_rank=args.lora_rank, remat=args.remat)
-            c = compile_train_step(cfg, mesh, rl, b, args.prompt_len, args.gen_length)
+            build = lambda: compile_train_step(cfg, mesh, rl, b, args.prompt_len, args.gen_length)  # noqa: E731
             shape = (f"B={b} (G={rl.num_generations}), P={args.prompt_len}, L={args.gen_length}, {args.method}"
-                     f"{' + head' if args.joint else ''}, LoRA r={args.lora_rank}, remat {args.remat}")
-        r = report(c, time.perf_counter() - t0, hbm)
-        rows.append([name, kind, mesh_txt, work, shape, f"{r['compile_s']:.1f}", auto,
-                     "yes" if r["splash_in_program"] else "no", f"{r['gb_per_chip']:.3g}",
-                     f"{r['args_gb']:.3g} / {r['temp_gb']:.3g}", "n/a" if hbm is None else f"{hbm:.0f}",
-                     "n/a" if r["fits"] is None else ("yes" if r["fits"] else "**no**")])
+                     f"{' + head' if args.joint else ''}, LoRA r={args.lora_rank}, remat {args.remat}"
+                     f"{f', {args.micro_batches} micro-batches' if args.micro_batches > 1 else ''}")
+        try:
+            r = report(build(), time.perf_counter() - t0, hbm)
+            cells = ["yes" if r["splash_in_program"] else "no", f"{r['gib_per_chip']:.3g}",
+                     f"{r['args_gib']:.3g} / {r['temp_gib']:.3g}", "n/a" if hbm is None else f"{hbm:.0f}",
+                     "n/a" if r["fits"] is None else ("yes" if r["fits"] else "**no**")]
+        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit
+            need = re.search(r"temporaries \(([\d.]+)G\)", str(e))  # the compiler's G is GiB
+            if "RESOURCE_EXHAUSTED" not in str(e) or not need:
+                raise
+            r = dict(compile_s=time.perf_counter() - t0)
+            cells = ["?", f"> {float(need.group(1)):.3g}", f"? / {float(need.group(1)):.3g}",
+                     "n/a" if hbm is None else f"{hbm:.0f}", "**no** (compiler: out of HBM)"]
+        rows.append([name, kind, mesh_txt, work, shape, f"{r['compile_s']:.1f}", auto, *cells])
         print("| " + " | ".join(rows[-1]) + " |", flush=True)
     return rows
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    import importlib.metadata
+
     import flax
-    print(f"# jax {jax.__version__}, flax {flax.__version__}; host {common.cpu_name()}, {os.cpu_count()} cores; "
-          f"command: python -m bench.tpu_compile {' '.join(argv if argv is not None else sys.argv[1:])}", flush=True)
+    try:
+        libtpu = f", libtpu {importlib.metadata.version('libtpu')}"
+    except importlib.metadata.PackageNotFoundError:
+        libtpu = ""
+    header = (f"# jax {jax.__version__}, flax {flax.__version__}{libtpu}; host {common.cpu_name()}, {os.cpu_count()} "
+              f"cores; command: python -m bench.tpu_compile {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(header, flush=True)
     columns = ["topology", "device", "mesh d×f×t", "workload", "shapes", "compile s", "attention", "splash in HLO",
-               "GB / chip", "args / temp GB", "HBM GB", "fits"]
+               "GiB / chip", "args / temp GiB", "HBM GiB", "fits"]
     print(common.markdown_table(columns, []), flush=True)
     rows = []
     for name in args.topology.split(","):
         rows += run_topology(name, args)
     if args.out:
         with open(args.out, "w") as f:
-            f.write(common.markdown_table(columns, rows) + "\n")
+            f.write(header + "\n\n" + common.markdown_table(columns, rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,13 +33,15 @@ def _table_rows(text: str) -> list:
 
 def test_mechanics_on_cpu_devices(capsys, tmp_path):
     out = tmp_path / "tpu.md"
-    tpu_compile.main(["--topology", "cpu:8", "--config", "tiny", "--train_rows", "2", "--prompt_len", "16",
-                      "--gen_length", "32", "--lora_rank", "4", "--out", str(out)])
+    tpu_compile.main(["--topology", "cpu:8", "--config", "tiny", "--train_rows", "2", "--group", "2",
+                      "--prompt_len", "16", "--gen_length", "32", "--lora_rank", "4", "--out", str(out)])
     rows = _rows(capsys)
     assert [r[3] for r in rows] == ["forward", "sampler", "train_step"]
     assert all(r[2] == "1x8x1" and r[6] == "xla" and r[7] == "no" and r[-1] == "n/a" for r in rows), rows
     assert all(float(r[8]) > 0 for r in rows)
-    assert out.read_text().count("\n| cpu:8 |") == 3
+    text = out.read_text()
+    assert text.startswith("# jax ") and "command: python -m bench.tpu_compile --topology cpu:8" in text
+    assert text.count("\n| cpu:8 |") == 3
 
 
 def test_bad_arguments_name_the_fix(capsys):
@@ -57,7 +59,7 @@ def test_splash_lowers_for_tpu_in_every_workload():
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run([sys.executable, "-m", "bench.tpu_compile", "--topology", "v5e:2x2", "--config", "tiny",
                            "--n_layers", "2", "--d_model", "256", "--n_heads", "2", "--train_rows", "2",
-                           "--prompt_len", "16", "--gen_length", "64", "--lora_rank", "4", "--joint"],
+                           "--group", "2", "--prompt_len", "16", "--gen_length", "64", "--lora_rank", "4", "--joint"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _table_rows(proc.stdout)
