@@ -3,6 +3,7 @@
     pip install -e ".[tpu]"                  # libtpu: the TPU compiler (no TPU needed)
     python -m bench.tpu_compile              # v5e-8, v4-8, v5p-8, v6e-8: every workload
     python -m bench.tpu_compile --topology v5e:2x4 --mesh 1,4,2 --workloads train_step
+    python -m bench.tpu_compile --accelerator v4-32 --joint --workloads train_step   # = launch/tpu_pod.sh fit
     python -m bench.tpu_compile --topology cpu:8 --config tiny    # the mechanics, on CPU devices
 
 libtpu compiles for a TPU topology without the chips (`jax.experimental.topologies`): the
@@ -64,6 +65,30 @@ HBM_GIB = {"v5 lite": 16.0, "v5e": 16.0, "v6 lite": 32.0, "v6e": 32.0, "v5p": 95
 def hbm_gib(device_kind: str) -> float | None:
     kind = device_kind.lower()
     return next((gib for key, gib in HBM_GIB.items() if key in kind), None)
+
+
+def topology_for_accelerator(accelerator: str) -> str:
+    """A Cloud TPU accelerator type (as `gcloud ... --accelerator-type`) -> libtpu topology name.
+
+    v4-N / v5p-N count TensorCores (2 per chip) and are 3-D, starting at 2x2x1 (4 chips);
+    v5litepod-N (v5e-N) / v6e-N count chips and are 2-D. Each doubling of the chips doubles
+    the smallest dimension, the last one first: v4-32 -> v4:2x2x4, v5litepod-16 -> v5e:4x4."""
+    m = re.fullmatch(r"(v4|v5p|v5litepod|v5e|v6e)-(\d+)", accelerator)
+    if not m:
+        raise SystemExit(f"--accelerator {accelerator}: expected v4-N, v5p-N, v5litepod-N (v5e-N) or v6e-N")
+    family, n = m.group(1), int(m.group(2))
+    three_d = family in ("v4", "v5p")
+    chips = n // 2 if three_d else n
+    dims = [2, 2, 1] if three_d else [1, 1]
+    start = 4 if three_d else 1
+    if chips < start or chips & (chips - 1):
+        raise SystemExit(f"--accelerator {accelerator}: {chips} chips; expected a power of two"
+                         f"{' of at least 4 (v4-8 / v5p-8)' if three_d else ''}")
+    while dims[0] * dims[1] * (dims[2] if three_d else 1) < chips:
+        i = max(j for j in range(len(dims)) if dims[j] == min(dims))
+        dims[i] *= 2
+    name = {"v5litepod": "v5e"}.get(family, family)
+    return f"{name}:{'x'.join(map(str, dims))}"
 
 
 def topology_devices(name: str) -> list:
@@ -165,6 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--topology", default=",".join(DEFAULT_TOPOLOGIES),
                     help="comma list of libtpu topologies (v5e:2x4, v4:2x2x1, ...) or cpu:N")
+    ap.add_argument("--accelerator", default=None,
+                    help="a Cloud TPU accelerator type (v4-32, v5litepod-16, ...) instead of --topology")
     ap.add_argument("--mesh", default=None, help="data,fsdp,tp (default: 1,<all devices>,1: FSDP, as the launch scripts)")
     ap.add_argument("--config", default="llada8b", choices=("llada8b", "tiny"))
     ap.add_argument("--n_layers", type=int, default=None, help="override the layer count")
@@ -185,6 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--attention_impl", default="auto", help="auto | xla | splash")
     ap.add_argument("--out", default=None, help="also write the markdown here")
     args = ap.parse_args(argv)
+    if args.accelerator:
+        args.topology = topology_for_accelerator(args.accelerator)
     bad = [w for w in args.workloads.split(",") if w not in WORKLOADS]
     if bad:
         ap.error(f"--workloads: unknown {bad}; choose from {WORKLOADS}")

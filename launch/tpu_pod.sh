@@ -8,7 +8,11 @@ usage() {
   cat <<'EOF'
 usage: launch/tpu_pod.sh SUBCOMMAND [options] [-- extra train arguments]
 
-Subcommands (run them in this order; all but create/delete/status act on every worker):
+Subcommands (run them in this order; all but fit/create/delete/status act on every worker):
+  fit       on THIS machine, before paying for a TPU: compile the LLaDA-8B forward, sampler
+            and train step for --accelerator with libtpu (pip install -e .[tpu]; no TPU
+            needed) and print the HBM each chip needs (python -m bench.tpu_compile
+            --accelerator TYPE; its options after --, e.g. -- --joint --train_rows 12)
   create    create the TPU VM / pod slice (gcloud compute tpus tpu-vm create;
             --queued: through queued resources; --spot: spot capacity)
   setup     copy this repo (and the benchmark data) to every worker with
@@ -59,6 +63,7 @@ Multi-worker ssh needs your key in the agent: ssh-add ~/.ssh/google_compute_engi
 
 Example (v4-32, 4 workers):
   export NAME=diffpo-v4 ZONE=us-central2-b ACCELERATOR=v4-32
+  launch/tpu_pod.sh fit -- --joint --workloads train_step   # does it fit? (local, ~1 min)
   launch/tpu_pod.sh create --spot
   launch/tpu_pod.sh setup
   launch/tpu_pod.sh check
@@ -148,9 +153,16 @@ while (($#)); do
 done
 
 [[ -n $CMD ]] || { usage >&2; die "no subcommand given"; }
-case $CMD in create | setup | check | convert | train | logs | kill | status | delete) ;;
-  *) die "unknown subcommand '$CMD' (one of: create setup check convert train logs kill status delete)" ;;
+case $CMD in fit | create | setup | check | convert | train | logs | kill | status | delete) ;;
+  *) die "unknown subcommand '$CMD' (one of: fit create setup check convert train logs kill status delete)" ;;
 esac
+
+if [[ $CMD == fit ]]; then  # local: no TPU VM, no gcloud
+  need ACCELERATOR --accelerator "the accelerator type to compile for, e.g. v4-32 or v5litepod-16"
+  run_sh "cd $(q "$REPO") && $(qwords "${PYTHON:-python3}" -m bench.tpu_compile --accelerator "$ACCELERATOR" \
+    ${EXTRA[@]+"${EXTRA[@]}"})"
+  exit $?
+fi
 
 need NAME --name "the TPU VM / pod slice name"
 need ZONE --zone "the zone, e.g. us-central2-b"

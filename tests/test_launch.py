@@ -82,10 +82,19 @@ def assert_bash_syntax(code):
 def test_tpu_help_lists_subcommands_and_options():
     r = sh(TPU, "--help")
     assert r.returncode == 0
-    for word in ("create", "setup", "check", "convert", "train", "logs", "kill", "status", "delete", "--dry-run",
+    for word in ("fit", "create", "setup", "check", "convert", "train", "logs", "kill", "status", "delete", "--dry-run",
                  "--spot", "--queued", "--name", "--zone", "--project", "--accelerator", "--version", "--config",
                  "--worker=all"):
         assert word in r.stdout, word
+
+
+def test_tpu_fit_compiles_locally_without_a_pod():
+    # no NAME / ZONE / gcloud needed: it runs bench.tpu_compile on this machine
+    [argv] = dry(TPU, "fit", "--accelerator", "v4-32", "--", "--joint", "--workloads", "train_step")
+    assert argv == ["cd", ROOT, "&&", "python3", "-m", "bench.tpu_compile", "--accelerator", "v4-32", "--joint",
+                    "--workloads", "train_step"]
+    r = sh(TPU, "fit", "--dry-run")
+    assert r.returncode == 2 and "fit needs --accelerator" in r.stderr
 
 
 def test_tpu_create():

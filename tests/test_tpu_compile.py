@@ -44,7 +44,17 @@ def test_mechanics_on_cpu_devices(capsys, tmp_path):
     assert text.count("\n| cpu:8 |") == 3
 
 
+@pytest.mark.parametrize("accelerator, topology", [
+    ("v4-8", "v4:2x2x1"), ("v4-32", "v4:2x2x4"), ("v4-128", "v4:4x4x4"), ("v5p-64", "v5p:2x4x4"),
+    ("v5litepod-8", "v5e:2x4"), ("v5litepod-32", "v5e:4x8"), ("v5e-16", "v5e:4x4"), ("v6e-256", "v6e:16x16")])
+def test_accelerator_types_map_to_topologies(accelerator, topology):
+    assert tpu_compile.topology_for_accelerator(accelerator) == topology
+
+
 def test_bad_arguments_name_the_fix(capsys):
+    for bad in ("v4-6", "v5p-4", "tpu-8"):
+        with pytest.raises(SystemExit, match=f"--accelerator {bad}: "):
+            tpu_compile.topology_for_accelerator(bad)
     with pytest.raises(SystemExit, match=r"--topology cpu:64: only \d+ CPU devices"):
         tpu_compile.main(["--topology", "cpu:64", "--config", "tiny"])
     with pytest.raises(SystemExit):
