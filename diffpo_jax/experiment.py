@@ -67,8 +67,8 @@ def rl_config(config: ml_collections.ConfigDict) -> RLConfig:
     the threshold head's γ is EB's threshold, which every other rule would silently ignore."""
     rl = make_dataclass(RLConfig, config.rl, "rl")
     if rl.joint_sampler:
-        for section in ("sampler", "eval"):
-            rule = config[section].get("rule", "fixed") if section in config else "eb"
+        for section in (s for s in ("sampler", "eval") if s in config):
+            rule = config[section].get("rule", SamplerConfig.rule)
             if rule != "eb":
                 raise ConfigError(f"config.{section}.rule={rule!r}: config.rl.joint_sampler trains the EB "
                                   f"threshold γ, which rule {rule!r} ignores; set config.{section}.rule = 'eb' "
