@@ -70,3 +70,13 @@ def test_cli_decodes_and_shows_steps(model_dir, capsys):
 def test_cli_bad_config_names_the_field(model_dir):
     with pytest.raises(SystemExit, match="block_length"):
         sample.main(["--model_dir", model_dir, "--prompt", "w1", "--gen_length", "30", "--block_length", "8"])
+
+
+def test_cli_choice_lists_match_the_library():
+    """sample.py spells some choice lists out (so --help needs no jax import): keep them in step."""
+    from diffpo_jax.models.attention import ATTENTION_IMPLS
+    from diffpo_jax.sampling.config import KV_CACHES
+
+    actions = {a.dest: a for a in sample.build_parser()._actions}
+    assert tuple(actions["attention_impl"].choices) == ATTENTION_IMPLS
+    assert tuple(actions["kv_cache"].choices) == tuple(KV_CACHES)
