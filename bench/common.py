@@ -306,23 +306,22 @@ def add_torch_lora(tm, model: llada.LLaDA) -> list:
         return []
     scale = cfg.lora_alpha / cfg.lora_rank
     dev = next(tm.parameters()).device
-    dtype = next(tm.parameters()).dtype
 
     class LoRALinear(nn.Module):
         def __init__(self, base, a, b):
             super().__init__()
             self.base, self.lora_a, self.lora_b = base, nn.Parameter(a), nn.Parameter(b)
 
-        def forward(self, x):
-            return self.base(x) + ((x @ self.lora_a) @ self.lora_b) * scale
+        def forward(self, x):  # fp32 factors (as ours), the product in x's dtype (as ours)
+            return self.base(x) + ((x @ self.lora_a.to(x.dtype)) @ self.lora_b.to(x.dtype)) * scale
 
     for p in tm.parameters():
         p.requires_grad_(False)
     lora = []
     for li, blk in enumerate(tm.model.transformer.blocks):
         for name in cfg.lora_targets:
-            a = _to_torch(np.asarray(model.lora_a[name][...][li]), dtype).to(dev)
-            b = _to_torch(np.asarray(model.lora_b[name][...][li]), dtype).to(dev)
+            a = _to_torch(np.asarray(model.lora_a[name][...][li]), torch.float32).to(dev)
+            b = _to_torch(np.asarray(model.lora_b[name][...][li]), torch.float32).to(dev)
             wrapped = LoRALinear(getattr(blk, name), a, b)
             setattr(blk, name, wrapped)
             lora += [wrapped.lora_a, wrapped.lora_b]

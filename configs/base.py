@@ -18,6 +18,7 @@ def get_config():
     c.model.preset = "tiny"       # models.llada.PRESETS (used when hf_dir is empty)
     c.model.param_dtype = "bfloat16"
     c.model.compute_dtype = "bfloat16"
+    c.model.lora_dtype = "float32"  # adapters are the master weights (PEFT upcasts them too)
     c.model.remat = "none"
     c.model.attention_impl = "auto"  # auto (TPU splash, GPU cuDNN where they apply; else xla) | xla | cudnn | splash
     c.model.lora_rank = 128       # d1: r 128, alpha 64

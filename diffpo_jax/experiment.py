@@ -27,8 +27,8 @@ from diffpo_jax.sampling import SamplerConfig
 
 TINY_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny_tokenizer")
 # LLaDAConfig fields the `model` section may set (the rest come from hf_dir or the preset).
-MODEL_FIELDS = ("param_dtype", "compute_dtype", "remat", "attention_impl", "lora_rank", "lora_alpha",
-                "lora_targets")
+MODEL_FIELDS = ("param_dtype", "compute_dtype", "lora_dtype", "remat", "attention_impl", "lora_rank",
+                "lora_alpha", "lora_targets")
 
 
 class ConfigError(ValueError):

@@ -12,7 +12,9 @@ Each step (one rollout):
 Exact resume: all randomness is derived from (config.seed, step), so a run restarted from the
 checkpoint of step k (automatically, from `<out_dir>/checkpoints`) reproduces the metrics of
 steps k+1… of an uninterrupted run. At the end (`train.export_hf`) the LoRA-merged model is
-written in HF format to `<out_dir>/hf` and the adapter alone to `<out_dir>/peft`.
+written in HF format to `<out_dir>/hf` and the adapter alone to `<out_dir>/peft` (joint: the
+threshold head to `<out_dir>/head`); `--export_step N` exports checkpoint N of a run the same way
+(`<out_dir>/export-stepN/`) without training.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from diffpo_jax import distributed, evaluate, experiment, tasks
-from diffpo_jax.checkpointing import Checkpointer
-from diffpo_jax.models.threshold_head import Policy
+from diffpo_jax.checkpointing import CheckpointMismatch, Checkpointer
+from diffpo_jax.models.threshold_head import Policy, save_threshold_head
 from diffpo_jax.rl.likelihood import inner_key
 from diffpo_jax.rl.rollout import adaptive_gamma_fn, rollout
 from diffpo_jax.rl.train_step import init_train_state, make_score_fn, make_train_step
@@ -53,7 +55,7 @@ class MetricsLog:
         kept = []
         if os.path.exists(self.path):
             with open(self.path) as f:
-                kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+                kept = [ln for ln in f if _logged_step(ln) <= resume_step]
         with open(self.path, "w") as f:
             f.writelines(kept)
         if tensorboard:
@@ -74,6 +76,15 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _logged_step(line: str) -> float:
+    """The step of one metrics.jsonl line; inf for a blank or torn line (a crash mid-write), so
+    the resume drops it."""
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return float("inf")
 
 
 def _mean_metrics(per_inner: list[dict]) -> dict:
@@ -192,16 +203,59 @@ class TrainResult(NamedTuple):
     out_dir: str
 
 
-def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainResult:
-    """Run (or resume) the experiment `config` (see the module doc)."""
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(out_dir: str, config: ml_collections.ConfigDict) -> list[str]:
+    """'field: saved -> now' for every field where `config` differs from the run's
+    `<out_dir>/config.json` (written at the run's first start); [] if there is none."""
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        saved = _flat(json.load(f))
+    now = _flat(json.loads(config.to_json_best_effort()))
+    return [f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"
+            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def restore_checkpoint(ckpt: Checkpointer, ts, config, step=None):
+    """(step, trainable, opt_state, meta) of checkpoint `step` (default: the latest), restored into
+    `ts`'s shapes and shardings. A checkpoint whose trees do not fit the config (e.g. another
+    lora_rank or joint_sampler) raises ConfigError naming the fields changed since the run began."""
+    try:
+        step, restored, meta = ckpt.restore(_checkpoint_state(ts.trainable, ts.opt_state), step)
+    except (CheckpointMismatch, KeyError, TypeError) as e:
+        changes = config_changes(config.train.out_dir, config)
+        raise experiment.ConfigError(
+            f"cannot restore into this config's parameters: {str(e).splitlines()[0][:400]}. Fields changed "
+            f"since the run began (<out_dir>/config.json): {'; '.join(changes) or 'none recorded'}. Resume "
+            "with the run's config, or start a new run with another config.train.out_dir") from None
+    return step, restored["trainable"], restored["opt_state"], meta
+
+
+def _build(config):
+    """(rl_cfg, mesh, tokenizer, sampler_cfg, policy, train state) of an experiment config."""
     rl_cfg = experiment.rl_config(config)
     mesh = experiment.build_mesh(config)
     llm, tokenizer = experiment.build_llm(config, mesh)
     sampler_cfg = experiment.sampler_config(config.sampler, llm.cfg)
+    policy = experiment.build_policy(llm, rl_cfg, int(config.seed))
+    return rl_cfg, mesh, tokenizer, sampler_cfg, policy, init_train_state(policy, rl_cfg, mesh)
+
+
+def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainResult:
+    """Run (or resume) the experiment `config` (see the module doc)."""
+    rl_cfg, mesh, tokenizer, sampler_cfg, policy, ts = _build(config)
     for warning in experiment.behaviour_logp_warnings(rl_cfg, sampler_cfg):
         print(f"warning: {warning}")
-    policy = experiment.build_policy(llm, rl_cfg, int(config.seed))
-    ts = init_train_state(policy, rl_cfg, mesh)
     step_fn = make_train_step(ts.graphdef, rl_cfg, ts.tx, mesh, trainable=ts.trainable, frozen=ts.frozen)
     score_fn = make_score_fn(ts.graphdef, rl_cfg, mesh)
     sampler = make_sampler(nnx.split(policy.llm)[0], sampler_cfg, mesh)
@@ -215,11 +269,12 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), int(config.train.keep), async_save=True)
     start = 0
     if ckpt.latest_step() is not None:
-        start, restored, meta = ckpt.restore(_checkpoint_state(ts.trainable, ts.opt_state))
-        trainable, opt_state = restored["trainable"], restored["opt_state"]
+        start, trainable, opt_state, meta = restore_checkpoint(ckpt, ts, config)
         data.set_state(meta["data_state"])
         if distributed.is_primary():
             print(f"resumed from {ckpt.directory} at step {start}")
+            for change in config_changes(out_dir, config):
+                print(f"  config changed since the run began: {change}")
     elif distributed.is_primary():
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -260,9 +315,28 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
     ckpt.close()
     log.close()
     final = current_policy()
-    if config.train.export_hf and start < total:
+    if config.train.export_hf and (start < total or not os.path.isdir(os.path.join(out_dir, "hf"))):
         _export(final, config, out_dir)
     return TrainResult(final, last, out_dir)
+
+
+def export_checkpoint(config: ml_collections.ConfigDict, step: int = -1) -> str:
+    """Export checkpoint `step` (-1: the latest) of the run `config.train.out_dir` like the end of
+    training does: the LoRA-merged HF model, the PEFT adapter (and the threshold head when
+    joint) under `<out_dir>/export-step<N>/`. Returns that directory."""
+    ts = _build(config)[-1]
+    out_dir = config.train.out_dir
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), int(config.train.keep), async_save=False)
+    if ckpt.latest_step() is None:
+        raise experiment.ConfigError(f"config.train.out_dir={out_dir}: no committed checkpoint in {ckpt.directory}")
+    steps = ckpt.all_steps()
+    if step != -1 and step not in steps:
+        raise experiment.ConfigError(f"--export_step={step}: {ckpt.directory} holds steps {steps}")
+    step, trainable, _, _ = restore_checkpoint(ckpt, ts, config, None if step == -1 else step)
+    ckpt.close()
+    dest = os.path.join(out_dir, f"export-step{step}")
+    _export(nnx.merge(ts.graphdef, trainable, ts.frozen), config, dest)
+    return dest
 
 
 def _json_state(state):
@@ -284,8 +358,12 @@ def _export(policy, config, out_dir: str) -> None:
     src = config.model.hf_dir or None
     save_hf(policy.llm, os.path.join(out_dir, "hf"), source_dir=src, merge_lora=True)
     save_peft_adapter(policy.llm, os.path.join(out_dir, "peft"), base_model_name_or_path=src)
+    head = ""
+    if policy.head is not None:
+        save_threshold_head(policy.head, os.path.join(out_dir, "head"))
+        head = f" and the threshold head to {out_dir}/head"
     if distributed.is_primary():
-        print(f"exported the LoRA-merged model to {out_dir}/hf and the adapter to {out_dir}/peft")
+        print(f"exported the LoRA-merged model to {out_dir}/hf, the adapter to {out_dir}/peft{head}")
 
 
 def quiet_logs() -> None:
@@ -306,15 +384,21 @@ def main(argv) -> None:
     if distributed.is_primary():
         print(distributed.process_info())
     try:
-        train(config, progress=distributed.is_primary())
+        if _EXPORT_STEP.value is not None:
+            print(f"exported to {export_checkpoint(config, _EXPORT_STEP.value)}")
+        else:
+            train(config, progress=distributed.is_primary())
     except experiment.ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
 
 
 if __name__ == "__main__":
-    from absl import app
+    from absl import app, flags
     from ml_collections import config_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:ARG])",
                                               lock_config=True)
+    _EXPORT_STEP = flags.DEFINE_integer(
+        "export_step", None, "export checkpoint N of the run (-1: the latest) to <out_dir>/export-stepN/ "
+        "(hf/: LoRA-merged HF model, peft/: adapter, head/: threshold head when joint) and exit; no training")
     app.run(main)

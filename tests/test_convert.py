@@ -1,6 +1,7 @@
 """HF LLaDA checkpoint (written by the torch reference) <-> NNX: import, export, LoRA merge, CLI, errors."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import optax
 import pytest
 import torch
 from flax import nnx
@@ -193,13 +195,61 @@ def test_lora_merge_export_and_peft_adapter(hf_dir, tmp_path):
     files = save_peft_adapter(model, str(tmp_path / "peft"))
     adapter = load_file(str(tmp_path / "peft" / files[1]))
     conf = read_json(str(tmp_path / "peft" / files[0]))
-    assert conf["r"] == 4 and conf["lora_alpha"] == 8.0 and set(conf["target_modules"]) == set(model.cfg.lora_targets)
+    assert conf["r"] == 4 and conf["lora_alpha"] == 8.0
+    # PEFT fullmatches a string target_modules: every block projection, never the LM head (`ff_out` too)
+    modules = [f"model.transformer.blocks.{i}.{t}" for i in range(2) for t in model.cfg.lora_targets]
+    assert all(re.fullmatch(conf["target_modules"], m) for m in modules)
+    assert not any(re.fullmatch(conf["target_modules"], m) for m in ("model.transformer.ff_out",
+                                                                     "model.transformer.wte", "model.transformer.ln_f"))
     pre = "base_model.model.model.transformer.blocks.1.ff_out"
     lora_a, lora_b = adapter[pre + ".lora_A.weight"], adapter[pre + ".lora_B.weight"]
     assert lora_a.shape == (4, TCFG.mlp_hidden_size) and lora_b.shape == (TCFG.d_model, 4)
     w0 = load_hf_state_dict(hf_dir)["model.transformer.blocks.1.ff_out.weight"].numpy()
     w1 = load_hf_state_dict(merged_dir)["model.transformer.blocks.1.ff_out.weight"].numpy()
     np.testing.assert_allclose(w1, w0 + lora_b @ lora_a * 8.0 / 4, atol=1e-6)
+
+
+def test_lora_factors_are_fp32_master_weights_of_a_bf16_model(hf_dir_bf16):
+    """bf16 base weights, fp32 LoRA (PEFT upcasts adapters too): in bf16 one AdamW step at d1's
+    lr 3e-6 would round away for most entries of lora_a (|a| ~ 1/sqrt(in) >> 3e-6 / 2^-8)."""
+    model = load_hf(hf_dir_bf16, lora_rank=4)
+    assert model.embed[...].dtype == jnp.bfloat16 and model.blocks["q_proj"][...].dtype == jnp.bfloat16
+    for name in model.cfg.lora_targets:
+        assert model.lora_a[name][...].dtype == jnp.float32 and model.lora_b[name][...].dtype == jnp.float32
+    a = model.lora_a["q_proj"][...]
+    opt = optax.adamw(3e-6, weight_decay=0.0)
+    updates, _ = opt.update(jnp.ones_like(a), opt.init(a), a)
+    assert np.mean(np.asarray(optax.apply_updates(a, updates) != a)) > 0.99
+    assert forward(model, jnp.asarray(TOKENS)).dtype == jnp.bfloat16  # fp32 factors do not upcast the compute
+
+
+def test_export_is_atomic_and_keeps_other_files(hf_dir, tmp_path, monkeypatch):
+    """An export into an existing directory replaces its weights only when complete; a crash
+    mid-export leaves the old directory untouched and no staging directory behind."""
+    from diffpo_jax.convert import hf_export
+
+    model = load_hf(hf_dir, **F32)
+    out = tmp_path / "out"
+    save_hf(model, str(out), max_shard_bytes=60_000)  # several shards
+    (out / "NOTES.md").write_text("mine\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = []
+
+    def failing_save(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return save_file(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(hf_export, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_hf(model, str(out), max_shard_bytes=60_000)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    save_hf(model, str(out))  # one file now: the old shards and index go, NOTES.md stays
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES.md", "config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or old directories left
+    assert_same_tensors(hf_dir, str(out))
 
 
 REMOTE = os.environ.get("LLADA_REMOTE_CODE")

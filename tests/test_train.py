@@ -11,12 +11,15 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 from flax import nnx
 
 from configs import base, demo_sudoku, llada8b, tiny_model
 from diffpo_jax import experiment
+from diffpo_jax.convert import load_hf
 from diffpo_jax.convert.hf_export import save_hf
+from diffpo_jax.models.threshold_head import HEAD_PARAMS, load_threshold_head
 from diffpo_jax.models import llada
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +110,7 @@ def test_config_errors_name_the_field():
 
 
 def test_joint_training_run_logs_checkpoints_and_exports(tiny_hf, tmp_path):
-    from diffpo_jax.train import train
+    from diffpo_jax.train import export_checkpoint, train
 
     c = small_config(tiny_hf, str(tmp_path / "run"), steps=2)
     c.rl.num_inner = 1
@@ -126,6 +129,33 @@ def test_joint_training_run_logs_checkpoints_and_exports(tiny_hf, tmp_path):
     assert os.path.isfile(tmp_path / "run" / "hf" / "config.json")
     assert os.path.isfile(tmp_path / "run" / "peft" / "adapter_model.safetensors")
     assert m["train/skipped"] == 0 and m["train/grad_norm"] == m["train/grad_norm"]
+    head = load_threshold_head(str(tmp_path / "run" / "head"))  # the joint head, for use outside JAX
+    for k in HEAD_PARAMS:
+        np.testing.assert_array_equal(np.asarray(getattr(head, k)[...]), np.asarray(getattr(result.policy.head, k)[...]))
+
+    # an intermediate checkpoint exports the same way (--export_step)
+    dest = export_checkpoint(c, step=1)
+    assert dest == str(tmp_path / "run" / "export-step1")
+    exported = load_hf(os.path.join(dest, "hf"), param_dtype="float32")
+    assert exported.cfg.n_layers == 2 and os.path.isfile(os.path.join(dest, "peft", "adapter_config.json"))
+    assert os.path.isfile(os.path.join(dest, "head", "threshold_head.safetensors"))
+    with pytest.raises(experiment.ConfigError, match=r"holds steps \[1, 2\]"):
+        export_checkpoint(c, step=7)
+
+    # resuming with a config whose parameters do not fit the checkpoint names the changed field
+    c.model.lora_rank = 8
+    c.train.steps = 3
+    with pytest.raises(experiment.ConfigError, match=r"model\.lora_rank: 4 -> 8"):
+        train(c, progress=False)
+
+
+def test_metrics_log_resume_drops_later_and_torn_lines(tmp_path):
+    from diffpo_jax.train import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n\n{"step": 3, "a": 3}\n{"step": 4, "a"')
+    MetricsLog(str(tmp_path), resume_step=2, tensorboard=False).close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
 
 
 def _train_cmd(c):

@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 from typing import Optional
 
 import jax
@@ -90,57 +91,105 @@ def save_hf(model: LLaDA, out_dir: str, source_dir: Optional[str] = None, merge_
     dtype: output dtype (default: the param dtype, bf16 for imported checkpoints).
     hf_config: base config.json dict (default: `source_dir/config.json`, else the LLaDA-8B template);
     the keys LLaDAConfig determines are overwritten from `model.cfg`.
-    Existing `model*.safetensors` files and the index in `out_dir` are replaced.
+    Atomic: everything is written into a staging directory beside `out_dir`, then swapped in
+    (`_swap_in`); an existing `out_dir` loses its old `model*.safetensors` + index and keeps
+    its other files. A failed export removes its staging directory and leaves `out_dir` as it was.
     """
     if source_dir is not None and not os.path.isdir(source_dir):
         raise ConversionError(f"source_dir {source_dir}: not a directory")
     if source_dir is not None and os.path.realpath(source_dir) == os.path.realpath(out_dir):
         raise ConversionError(f"out_dir {out_dir} is the source_dir; export into a new directory")
-    writer = jax.process_index() == 0
-    if writer:
-        os.makedirs(out_dir, exist_ok=True)
-        for old in glob.glob(os.path.join(out_dir, "model*.safetensors")) + \
-                glob.glob(os.path.join(out_dir, "model.safetensors.index.json")):
-            os.remove(old)
+    if hf_config is None and source_dir is not None and os.path.isfile(os.path.join(source_dir, "config.json")):
+        with open(os.path.join(source_dir, "config.json")) as f:
+            hf_config = json.load(f)
+    if jax.process_index() != 0:  # the gathers are collective: walk the tensors, write nothing
+        files = _write_hf_files(model, None, merge_lora, max_shard_bytes, dtype, hf_config)
+        return {"files": files, "missing": []}
+    staging = _staging_dir(out_dir)
+    try:
+        files = _write_hf_files(model, staging, merge_lora, max_shard_bytes, dtype, hf_config)
+        copied = _copy_side_files(source_dir, staging) if source_dir else []
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    missing = [m for m in NEEDED_FOR_AUTOMODEL if m not in copied]
+    if missing:
+        print(f"save_hf: {out_dir} has the weights and config.json but not {missing} "
+              f"(needed by AutoModel/AutoTokenizer.from_pretrained(..., trust_remote_code=True)); "
+              f"pass source_dir=<original HF checkpoint directory> to copy them")
+    return {"files": files + copied, "missing": missing}
+
+
+def _write_hf_files(model: LLaDA, out_dir: Optional[str], merge_lora: bool, max_shard_bytes: int, dtype,
+                    hf_config: Optional[dict]) -> list[str]:
+    """Write the weight shards, the index (several shards) and config.json into `out_dir`
+    (None: gather every tensor but write nothing). Returns the file names."""
     plan = _plan_shards(model, dtype, max_shard_bytes)
     n = len(plan)
-    fname_of = {name: ("model.safetensors" if n == 1 else f"model-{k + 1:05d}-of-{n:05d}.safetensors")
-                for k, names in enumerate(plan) for name in names}
-    weight_map, total, written_dtype, buf = {}, 0, None, {}
+    weight_map, total, written_dtype = {}, 0, None
     tensors = hf_tensor_iter(model, merge_lora, dtype)
     for k, names in enumerate(plan):
+        fname = "model.safetensors" if n == 1 else f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+        buf = {}
         for name in names:
             got, t = next(tensors)
             assert got == name
             buf[name] = t
             written_dtype = _dtype_name(t.dtype)
-        fname = fname_of[names[0]]
-        if writer:
-            save_file(buf, os.path.join(out_dir, fname), metadata={"format": "pt"})
-        for name, t in buf.items():
             weight_map[name] = fname
             total += t.nbytes
-        buf = {}
+        if out_dir is not None:
+            save_file(buf, os.path.join(out_dir, fname), metadata={"format": "pt"})
     files = sorted(set(weight_map.values()))
-    if writer and n > 1:
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if n > 1:
         files.append("model.safetensors.index.json")
-    base = hf_config
-    if base is None and source_dir is not None and os.path.isfile(os.path.join(source_dir, "config.json")):
-        with open(os.path.join(source_dir, "config.json")) as f:
-            base = json.load(f)
-    if writer:
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(config_to_hf(model.cfg, base, written_dtype), f, indent=2)
+        if out_dir is not None:
+            with open(os.path.join(out_dir, files[-1]), "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     files.append("config.json")
-    copied = _copy_side_files(source_dir, out_dir) if (source_dir and writer) else []
-    missing = [m for m in NEEDED_FOR_AUTOMODEL if m not in copied]
-    if writer and missing:
-        print(f"save_hf: {out_dir} has the weights and config.json but not {missing} "
-              f"(needed by AutoModel/AutoTokenizer.from_pretrained(..., trust_remote_code=True)); "
-              f"pass source_dir=<original HF checkpoint directory> to copy them")
-    return {"files": files + copied, "missing": missing}
+    if out_dir is not None:
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(config_to_hf(model.cfg, hf_config, written_dtype), f, indent=2)
+    return files
+
+
+def _staging_dir(out_dir: str) -> str:
+    """A fresh empty directory beside `out_dir` (same filesystem, so the final renames are atomic)."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-", dir=parent)
+
+
+def _is_weight_file(name: str) -> bool:
+    return name == "model.safetensors.index.json" or (name.startswith("model") and name.endswith(".safetensors"))
+
+
+def _swap_in(staging: str, out_dir: str) -> None:
+    """Make the complete export in `staging` the directory `out_dir`. An existing `out_dir` keeps
+    its other files (not its old weights) and is replaced by two renames, so a crash at any
+    point leaves either the old directory or the new one whole (between the renames: the old one
+    under `.<name>.old-*`, the new one under `.<name>.partial-*`)."""
+    if not os.path.exists(out_dir):
+        os.replace(staging, out_dir)
+        return
+    if not os.path.isdir(out_dir):
+        shutil.rmtree(staging)
+        raise ConversionError(f"out_dir {out_dir} exists and is not a directory; choose another path")
+    for name in os.listdir(out_dir):  # keep what the export does not write (e.g. a README)
+        src, dst = os.path.join(out_dir, name), os.path.join(staging, name)
+        if _is_weight_file(name) or os.path.exists(dst):
+            continue
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst)
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+    os.rmdir(old)
+    os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _copy_side_files(source_dir: str, out_dir: str) -> list[str]:
@@ -170,13 +219,16 @@ def save_peft_adapter(model: LLaDA, out_dir: str, base_model_name_or_path: Optio
             tensors[name_b] = np.ascontiguousarray(b[i].T)
     adapter_config = {
         "peft_type": "LORA", "task_type": None, "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
-        "lora_dropout": 0.0, "target_modules": list(cfg.lora_targets), "bias": "none",
+        "lora_dropout": 0.0, "target_modules": mapping.peft_target_regex(cfg.lora_targets), "bias": "none",
         "fan_in_fan_out": False, "inference_mode": True, "use_rslora": False,
         "base_model_name_or_path": base_model_name_or_path,
     }
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # each file written under a temporary name, then renamed
         os.makedirs(out_dir, exist_ok=True)
-        save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        weights, conf = os.path.join(out_dir, "adapter_model.safetensors"), os.path.join(out_dir, "adapter_config.json")
+        save_file(tensors, weights + ".partial", metadata={"format": "pt"})
+        with open(conf + ".partial", "w") as f:
             json.dump(adapter_config, f, indent=2)
+        os.replace(weights + ".partial", weights)
+        os.replace(conf + ".partial", conf)
     return ["adapter_config.json", "adapter_model.safetensors"]

@@ -91,3 +91,10 @@ def peft_names(layer: int, target: str) -> tuple[str, str]:
     """PEFT tensor names (lora_A `[r, in]`, lora_B `[out, r]`) of one layer's adapter on `target`."""
     base = f"{PEFT_PREFIX}blocks.{layer}.{target}"
     return base + ".lora_A.weight", base + ".lora_B.weight"
+
+
+def peft_target_regex(targets: Sequence[str]) -> str:
+    """PEFT `target_modules` for our adapters: a regex PEFT `fullmatch`es against module names, so
+    only the blocks' projections match (a plain list would match by suffix, and 'ff_out' would
+    also hit the model's LM head `model.transformer.ff_out`)."""
+    return r".*\.blocks\.\d+\.(" + "|".join(targets) + ")"

@@ -11,7 +11,9 @@ Kernels are stored `[in, out]` (torch Linear weights are `[out, in]`).
 
 LoRA (optional, `lora_rank > 0`): for every target projection `t`, `nnx.LoRAParam`s
 `lora_a[t] [N, in, r]` and `lora_b[t] [N, r, out]` add `(x @ A @ B) * alpha / r` to the
-projection. `lora_b` starts at zero, so a fresh adapter leaves the model unchanged.
+projection. `lora_b` starts at zero, so a fresh adapter leaves the model unchanged. The
+factors are stored in `lora_dtype` (fp32 by default, as PEFT upcasts adapters of a bf16
+model: they are the optimiser's master weights) and cast to the compute dtype in the forward.
 
 KV cache (for the sampler's approximate block cache, sampling/loop.py): `hidden_and_kv` is
 `hidden` that also returns every layer's post-RoPE keys/values `[N, B, T, Hkv, hd]`;
@@ -65,6 +67,7 @@ class LLaDAConfig:
     eot_token_id: int = 126348
     param_dtype: str = "float32"
     compute_dtype: str = "bfloat16"
+    lora_dtype: str = "float32"  # LoRA factors are master weights: bf16 would round away most AdamW updates
     remat: str = "none"  # one of REMAT_POLICIES
     attention_impl: str = "auto"  # models/attention.py: auto (per backend) | xla | cudnn | splash
     lora_rank: int = 0
@@ -241,7 +244,7 @@ class LLaDA(nnx.Module):
 
     def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        pd = jnp.dtype(cfg.param_dtype)
+        pd, ld = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.lora_dtype)
         std = 0.02
         self.embed = nnx.Param(_init(rngs, (cfg.vocab_size, cfg.d_model), pd, std))
         self.blocks = nnx.Dict()
@@ -257,9 +260,9 @@ class LLaDA(nnx.Module):
             for name in cfg.lora_targets:
                 i, o = PROJECTIONS[name]
                 din, dout = getattr(cfg, i), getattr(cfg, o)
-                a = _init(rngs, (cfg.n_layers, din, cfg.lora_rank), pd, 1.0 / math.sqrt(din))
+                a = _init(rngs, (cfg.n_layers, din, cfg.lora_rank), ld, 1.0 / math.sqrt(din))
                 self.lora_a[name] = nnx.LoRAParam(a)
-                self.lora_b[name] = nnx.LoRAParam(jnp.zeros((cfg.n_layers, cfg.lora_rank, dout), pd))
+                self.lora_b[name] = nnx.LoRAParam(jnp.zeros((cfg.n_layers, cfg.lora_rank, dout), ld))
 
     # -- forward ---------------------------------------------------------------------------
 

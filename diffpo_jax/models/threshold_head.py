@@ -15,12 +15,16 @@ and `trainable_filter(joint=True)` selects `nnx.LoRAParam` and everything under 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 
 
 class ThresholdHead(nnx.Module):
@@ -44,6 +48,42 @@ class ThresholdHead(nnx.Module):
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
         u = jax.nn.gelu(x @ self.w1[...] + self.b1[...]) @ self.w2[...] + self.b2[...]
         return self.gamma_max * jax.nn.sigmoid(u[:, 0])
+
+
+HEAD_PARAMS = ("w1", "b1", "w2", "b2")
+
+
+def save_threshold_head(head: ThresholdHead, out_dir: str) -> list[str]:
+    """Write the head for use outside JAX: `threshold_head.safetensors` (w1 `[D, H]`, b1 `[H]`,
+    w2 `[H, 1]`, b2 `[1]`, fp32) + `threshold_head.json` (γ_max and the formula). Process 0 writes."""
+    if jax.process_index() != 0:
+        return []
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {k: np.ascontiguousarray(np.asarray(jax.device_get(getattr(head, k)[...]), np.float32))
+               for k in HEAD_PARAMS}
+    meta = {"gamma_max": head.gamma_max, "d_model": int(tensors["w1"].shape[0]), "hidden": int(tensors["w1"].shape[1]),
+            "formula": "f = mean of the final hidden states over the prompt's real tokens, from one forward of "
+                       "[prompt, MASK x gen_length]; x = f / sqrt(mean(f^2) + 1e-6); "
+                       "mu = gamma_max * sigmoid(gelu_tanh(x @ w1 + b1) @ w2 + b2)  (torch: gelu(approximate='tanh'))"}
+    weights, conf = os.path.join(out_dir, "threshold_head.safetensors"), os.path.join(out_dir, "threshold_head.json")
+    save_file(tensors, weights + ".partial")
+    with open(conf + ".partial", "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(weights + ".partial", weights)
+    os.replace(conf + ".partial", conf)
+    return [os.path.basename(weights), os.path.basename(conf)]
+
+
+def load_threshold_head(out_dir: str) -> ThresholdHead:
+    """The head `save_threshold_head` wrote to `out_dir`."""
+    with open(os.path.join(out_dir, "threshold_head.json")) as f:
+        meta = json.load(f)
+    tensors = load_file(os.path.join(out_dir, "threshold_head.safetensors"))
+    head = ThresholdHead(meta["d_model"], gamma_max=meta["gamma_max"], gamma_init=meta["gamma_max"] / 2,
+                         hidden=meta["hidden"], rngs=nnx.Rngs(0))
+    for k in HEAD_PARAMS:
+        getattr(head, k)[...] = jnp.asarray(tensors[k])
+    return head
 
 
 def prompt_features(hidden_prompt: jax.Array, prompt_mask: jax.Array) -> jax.Array:
