@@ -70,7 +70,7 @@ class Checkpointer:
         if stored is None:
             return
         have = Counter(tuple(x.shape) for x in jax.tree.leaves(stored))
-        want = Counter(tuple(x.shape) for x in jax.tree.leaves(abstract))
+        want = Counter(_stored_shape(x) for x in jax.tree.leaves(abstract))
         if have != want:
             only_ckpt, only_cfg = sorted((have - want).elements()), sorted((want - have).elements())
             raise CheckpointMismatch(
@@ -84,3 +84,10 @@ class Checkpointer:
     def close(self) -> None:
         self._mgr.wait_until_finished()
         self._mgr.close()
+
+
+def _stored_shape(x) -> tuple:
+    """The shape orbax stores for `x`: a typed PRNG key array is stored as its raw key data."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return tuple(jax.eval_shape(jax.random.key_data, x).shape)
+    return tuple(x.shape)

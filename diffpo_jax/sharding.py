@@ -36,10 +36,13 @@ LOGICAL_RULES = {
     "layers": None,
     "norm": None,
     "lora_rank": None,
+    "lora_rank_fsdp": "fsdp",
 }
 
 # Logical axes of each parameter, by the last component of its path in the module.
-# Projections are stacked [layers, in, out]; LoRA factors take their target's axes.
+# Projections are stacked [layers, in, out]; LoRA factors take their target's axes. A factor
+# whose feature axis is a tp axis (heads, mlp) shards its rank over fsdp instead, so that no
+# LoRA factor (nor its optimizer moments) is replicated over the fsdp axis.
 _PROJ_AXES = {
     "q_proj": ("embed", "heads"),
     "k_proj": ("embed", "heads"),
@@ -59,15 +62,23 @@ PARAM_AXES = {
 }
 
 
+def _lora_rank_axis(feature: str) -> str:
+    """The rank axis of a LoRA factor whose other axis is `feature`: fsdp-sharded unless
+    `feature` already is."""
+    return "lora_rank" if LOGICAL_RULES[feature] == "fsdp" else "lora_rank_fsdp"
+
+
 def param_logical_axes(path: Sequence) -> tuple:
     """Logical axes for a parameter at `path` (a tuple of keys from `nnx.state(...)`)."""
     keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
     keys = [k for k in keys if k not in ("value", "raw_value")]  # Variable attribute, not a name
     name = keys[-1]
     if "lora_a" in keys:
-        return ("layers", _PROJ_AXES[name][0], "lora_rank")
+        feature = _PROJ_AXES[name][0]
+        return ("layers", feature, _lora_rank_axis(feature))
     if "lora_b" in keys:
-        return ("layers", "lora_rank", _PROJ_AXES[name][1])
+        feature = _PROJ_AXES[name][1]
+        return ("layers", _lora_rank_axis(feature), feature)
     if "head" in keys[:-1] or name not in PARAM_AXES:
         return (None,) * 8  # small params (threshold head, ...) are replicated; trimmed below
     return PARAM_AXES[name]

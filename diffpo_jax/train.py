@@ -43,7 +43,8 @@ from diffpo_jax.tasks.data import grpo_dataset
 
 
 class MetricsLog:
-    """Metrics to `<out_dir>/metrics.jsonl` (truncated to `resume_step` on resume) and TensorBoard."""
+    """Metrics to `<out_dir>/metrics.jsonl` and TensorBoard (`<out_dir>/tb`); on resume both drop
+    what the earlier run logged after `resume_step`."""
 
     def __init__(self, out_dir: str, resume_step: int = 0, tensorboard: bool = True):
         self.path = os.path.join(out_dir, "metrics.jsonl")
@@ -60,7 +61,8 @@ class MetricsLog:
             f.writelines(kept)
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(out_dir, "tb"))
+            # purge_step: TensorBoard drops the earlier run's events after the resumed step.
+            self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.primary:

@@ -102,10 +102,23 @@ def test_config_from_hf_maps_keys_and_resolves_nulls():
 
 @pytest.mark.parametrize("key,value", [("scale_logits", True), ("alibi", True), ("input_emb_norm", True),
                                        ("weight_tying", True), ("include_bias", True), ("block_type", "sequential"),
-                                       ("model_type", "dream")])
+                                       ("model_type", "dream"), ("block_group_size", 2)])
 def test_config_from_hf_refuses_unsupported_switches(key, value):
     with pytest.raises(ConversionError, match=rf"x/config.json: {key}={value!r} is not supported"):
         config_from_hf({**hf_config_dict(TCFG), key: value}, source="x/config.json")
+
+
+@pytest.mark.parametrize("key,value,want", [("d_model", "64", "a positive integer"),
+                                            ("n_layers", 0, "a positive integer"),
+                                            ("n_kv_heads", True, "a positive integer"),
+                                            ("mlp_ratio", "4", "a positive number"),
+                                            ("rope_theta", -1.0, "a positive number"),
+                                            ("eos_token_id", 1.5, "a token id")])
+def test_config_from_hf_names_a_key_of_the_wrong_type(key, value, want):
+    with pytest.raises(ConversionError, match=rf"x/config.json: {key}={value!r} \(\w+\); expected {want}"):
+        config_from_hf({**hf_config_dict(TCFG), key: value}, source="x/config.json")
+    with pytest.raises(ConversionError, match=r"x/config.json: mlp_hidden_size and mlp_ratio are both null"):
+        config_from_hf({**hf_config_dict(TCFG), "mlp_hidden_size": None, "mlp_ratio": None}, source="x/config.json")
 
 
 def test_config_to_hf_round_trips_mapped_keys():
@@ -408,6 +421,27 @@ def test_error_missing_config_and_missing_weights(hf_dir, tmp_path):
     shutil.copy(os.path.join(hf_dir, "config.json"), empty / "config.json")
     with pytest.raises(ConversionError, match=r"no model.safetensors.index.json or model.safetensors"):
         load_hf(str(empty))
+    with pytest.raises(ConversionError, match=r"nope: directory does not exist"):
+        load_hf(str(tmp_path / "nope"))
+
+
+def test_orbax_checkpoint_errors_name_the_field(hf_dir, tmp_path, capsys):
+    ckpt = str(tmp_path / "ckpt")
+    assert cli_main(["import", "--hf_dir", hf_dir, "--out", ckpt, "--param_dtype", "float32", "--mesh", "none"]) == 0
+    with pytest.raises(ConversionError, match=r"llada_config.json: override\(s\) \['lora_rank: 0 -> 4'\] would "
+                                              r"change parameter shapes"):
+        load_orbax(ckpt, lora_rank=4)
+    assert cli_main(["export", "--ckpt", ckpt, "--out", str(tmp_path / "o"), "--peft_dir", str(tmp_path / "p"),
+                     "--mesh", "none"]) == 2
+    assert "has no LoRA (lora_rank 0" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o")
+    cfg_path = os.path.join(ckpt, "llada_config.json")
+    with open(cfg_path) as f:
+        saved = json.load(f)
+    with open(cfg_path, "w") as f:
+        json.dump({**saved, "n_expertz": 2}, f)
+    with pytest.raises(ConversionError, match=r"llada_config.json: unknown LLaDAConfig field\(s\) \['n_expertz'\]"):
+        load_orbax(ckpt)
 
 
 def test_single_file_checkpoint_loads(hf_dir, tmp_path):

@@ -52,8 +52,8 @@ def test_params_are_sharded_per_rules(sharded):
         ("blocks", "ff_out"): P(None, "tp", "fsdp"),
         ("blocks", "attn_norm"): P(None, None),
         ("lora_a", "q_proj"): P(None, "fsdp", None),
-        ("lora_b", "q_proj"): P(None, None, "tp"),
-        ("lora_a", "ff_out"): P(None, "tp", None),
+        ("lora_b", "q_proj"): P(None, "fsdp", "tp"),  # rank over fsdp: no factor is fsdp-replicated
+        ("lora_a", "ff_out"): P(None, "tp", "fsdp"),
         ("lora_b", "ff_out"): P(None, None, "fsdp"),
     }
     state = nnx.to_pure_dict(nnx.state(sharded))

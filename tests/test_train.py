@@ -158,6 +158,40 @@ def test_metrics_log_resume_drops_later_and_torn_lines(tmp_path):
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
 
 
+def _tb_events(tb_dir):
+    """Every Event proto in the TFRecord event files of `tb_dir`, file by file in name order."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for name in sorted(os.listdir(tb_dir)):
+        data = open(os.path.join(tb_dir, name), "rb").read()
+        pos = 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            ev = event_pb2.Event()
+            ev.ParseFromString(data[pos + 12:pos + 12 + n])
+            out.append(ev)
+            pos += 12 + n + 4
+    return out
+
+
+def test_tensorboard_resume_purges_later_steps(tmp_path):
+    from tensorboardX.proto import event_pb2
+
+    from diffpo_jax.train import MetricsLog
+
+    log = MetricsLog(str(tmp_path), resume_step=0)
+    for step in (1, 2, 3, 4):
+        log.write(step, {"loss": float(step)})
+    log.close()
+    MetricsLog(str(tmp_path), resume_step=2).close()
+    starts = [ev.step for ev in _tb_events(tmp_path / "tb")
+              if ev.HasField("session_log") and ev.session_log.status == event_pb2.SessionLog.START]
+    assert starts == [3]  # TensorBoard drops the first run's events from step 3 on
+
+
 def _train_cmd(c):
     return [sys.executable, "-m", "diffpo_jax.train", "--config", "configs/demo_sudoku.py:2mf_is", *_flags(c),
             "--config.train.eval_items=0"]

@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--ckpt", required=True, help="directory written by `import` (or save_orbax)")
     exp.add_argument("--out", required=True, help="output HF directory")
     exp.add_argument("--source_dir", default=None,
-                     help="original HF directory: tokenizer, remote-code *.py, generation_config.json "
-                          "and config.json are taken from it (without it, only weights + config are written)")
+                     help="original HF directory: tokenizer, remote-code *.py and generation_config.json "
+                          "are copied from it (without it, only weights + config.json are written). config.json "
+                          "is built from --ckpt's hf_config.json when it has one (written by `import`), else "
+                          "from this directory's config.json, else from the LLaDA-8B template")
     exp.add_argument("--no_merge_lora", action="store_true",
                      help="export the base weights only (default: merge LoRA, W + A@B*alpha/r)")
     exp.add_argument("--peft_dir", default=None, help="also write the LoRA as a PEFT adapter here")
@@ -79,10 +81,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{args.param_dtype})")
         else:
             model = orbax_io.load_orbax(args.ckpt, mesh=_mesh(args.mesh))
+            if args.peft_dir and model.cfg.lora_rank == 0:
+                raise ConversionError(f"--peft_dir {args.peft_dir}: {args.ckpt} has no LoRA (lora_rank 0 in its "
+                                      "llada_config.json), so there is no adapter to write; drop --peft_dir")
             res = hf_export.save_hf(model, args.out, source_dir=args.source_dir, merge_lora=not args.no_merge_lora,
                                     max_shard_bytes=int(args.max_shard_gb * 1e9), dtype=args.dtype,
                                     hf_config=orbax_io.read_hf_config(args.ckpt))
-            if args.peft_dir and model.cfg.lora_rank > 0:
+            if args.peft_dir:
                 hf_export.save_peft_adapter(model, args.peft_dir)
             print(f"exported {args.ckpt} -> {args.out}: {len(res['files'])} files")
     except ConversionError as e:

@@ -37,7 +37,13 @@ SUPPORTED_SWITCHES = {
     "rope": (True,),
     "rope_full_precision": (True,),
     "clip_qkv": (None,),
+    "block_group_size": (1,),
 }
+# keys that must hold a positive integer / a positive number when present and not null.
+INT_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "embedding_size", "vocab_size",
+            "max_sequence_length")
+NUMBER_KEYS = ("mlp_ratio", "rope_theta", "rms_norm_eps")
+TOKEN_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id")
 REQUIRED = ("d_model", "n_layers", "n_heads")
 LLADA_MASK_ID = 126336
 
@@ -63,6 +69,8 @@ LLADA_TEMPLATE = {
 def read_config(model_dir: str) -> dict:
     """Parse `model_dir/config.json` (clear error when missing or not JSON)."""
     path = os.path.join(model_dir, "config.json")
+    if not os.path.isdir(model_dir):
+        raise ConversionError(f"{model_dir}: directory does not exist (check the --hf_dir / model path)")
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: config.json is missing; an HF LLaDA checkpoint directory needs it "
                               f"(copy it from the original checkpoint, e.g. GSAI-ML/LLaDA-8B-Instruct)")
@@ -73,6 +81,28 @@ def read_config(model_dir: str) -> dict:
         raise ConversionError(f"{path}: not valid JSON ({e})") from None
 
 
+def _check_types(hf: dict, source: str) -> None:
+    """ConversionError naming the key for a value of the wrong type (e.g. "d_model": "4096")."""
+    def bad(key, want):
+        raise ConversionError(f"{source}: {key}={hf[key]!r} ({type(hf[key]).__name__}); expected {want}")
+
+    if hf.get("mlp_hidden_size") is None and "mlp_ratio" in hf and hf["mlp_ratio"] is None:
+        raise ConversionError(f"{source}: mlp_hidden_size and mlp_ratio are both null; set mlp_hidden_size "
+                              "(LLaDA-8B: 12288)")
+    for key in INT_KEYS:
+        v = hf.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            bad(key, "a positive integer")
+    for key in NUMBER_KEYS:
+        v = hf.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            bad(key, "a positive number")
+    for key in TOKEN_KEYS:
+        v = hf.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            bad(key, "a token id (a non-negative integer)")
+
+
 def _resolved(hf: dict) -> dict:
     """The LLaDAConfig fields that `hf` determines (nulls resolved as the HF code does)."""
     n_kv = hf.get("n_kv_heads")
@@ -80,7 +110,7 @@ def _resolved(hf: dict) -> dict:
         n_kv = 1 if hf.get("multi_query_attention") else hf["n_heads"]
     mlp = hf.get("mlp_hidden_size")
     if mlp is None:
-        mlp = int(hf.get("mlp_ratio", 4) * hf["d_model"])
+        mlp = int(hf.get("mlp_ratio", 4) * hf["d_model"])  # 4: the HF config class default
     vocab = hf.get("embedding_size") or hf.get("vocab_size")
     out = dict(d_model=hf["d_model"], n_layers=hf["n_layers"], n_heads=hf["n_heads"], n_kv_heads=n_kv,
                mlp_hidden=mlp, vocab_size=vocab, mask_token_id=hf.get("mask_token_id", LLADA_MASK_ID))
@@ -103,6 +133,7 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> LLaDAC
     for key in REQUIRED:
         if hf.get(key) is None:
             raise ConversionError(f"{source}: required key {key!r} is missing or null")
+    _check_types(hf, source)
     if not (hf.get("embedding_size") or hf.get("vocab_size")):
         raise ConversionError(f"{source}: neither 'embedding_size' nor 'vocab_size' is set")
     fields = {"param_dtype": "bfloat16", **_resolved(hf), **overrides}

@@ -26,11 +26,23 @@ def config_to_json(cfg: LLaDAConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-def config_from_json(d: dict, **overrides) -> LLaDAConfig:
+SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "lora_rank",
+                "lora_targets")
+
+
+def config_from_json(d: dict, source: str = "llada_config.json", **overrides) -> LLaDAConfig:
+    """LLaDAConfig from its JSON fields; ConversionError naming `source` for an unknown field or value."""
     d = {**d, **overrides}
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(LLaDAConfig)})
+    if unknown:
+        raise ConversionError(f"{source}: unknown LLaDAConfig field(s) {unknown} (written by another diffpo-jax "
+                              f"version, or edited by hand?); remove them")
     if "lora_targets" in d:
         d["lora_targets"] = tuple(d["lora_targets"])
-    return LLaDAConfig(**d)
+    try:
+        return LLaDAConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{source}: {e}") from None
 
 
 def save_orbax(model: LLaDA, path: str, hf_config: Optional[dict] = None) -> None:
@@ -39,15 +51,16 @@ def save_orbax(model: LLaDA, path: str, hf_config: Optional[dict] = None) -> Non
     if os.path.exists(os.path.join(path, "params")):
         raise ConversionError(f"{path}/params already exists; choose a new --out directory or delete it")
     os.makedirs(path, exist_ok=True)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(path, "params"), nnx.to_pure_dict(nnx.state(model)))
-    ckptr.wait_until_finished()
+    # The configs first: orbax commits params/ atomically, so params/ existing means complete.
     if jax.process_index() == 0:
         with open(os.path.join(path, "llada_config.json"), "w") as f:
             json.dump(config_to_json(model.cfg), f, indent=2)
         if hf_config is not None:
             with open(os.path.join(path, "hf_config.json"), "w") as f:
                 json.dump(hf_config, f, indent=2)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(path, "params"), nnx.to_pure_dict(nnx.state(model)))
+    ckptr.wait_until_finished()
 
 
 def read_hf_config(path: str) -> Optional[dict]:
@@ -67,7 +80,14 @@ def load_orbax(path: str, mesh: Optional[jax.sharding.Mesh] = None, **config_ove
         raise ConversionError(f"{path}: not a diffpo-jax params checkpoint (needs llada_config.json and "
                               f"params/, as written by `python -m diffpo_jax.convert import`)")
     with open(cfg_path) as f:
-        cfg = config_from_json(json.load(f), **config_overrides)
+        saved = json.load(f)
+    stored, cfg = config_from_json(saved, cfg_path), config_from_json(saved, cfg_path, **config_overrides)
+    reshaping = [f"{k}: {getattr(stored, k)!r} -> {getattr(cfg, k)!r}" for k in SHAPE_FIELDS
+                 if getattr(stored, k) != getattr(cfg, k)]
+    if reshaping:
+        raise ConversionError(f"{cfg_path}: override(s) {reshaping} would change parameter shapes, and a "
+                              "checkpoint restores only into its own shapes; load without them (to add LoRA, "
+                              "export to HF and use load_hf(..., lora_rank=r), as training does)")
     graphdef, state = nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))
     pure = nnx.to_pure_dict(state)
     if mesh is None:
