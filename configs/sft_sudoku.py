@@ -1,6 +1,8 @@
 """SFT recipe of the shipped demo model (diffpo_jax/assets/demo_sudoku):
 
-    python -m diffpo_jax.sft --config configs/sft_sudoku.py
+    python -m diffpo_jax.sft --config configs/sft_sudoku.py     # -> runs/sft_sudoku
+    python -m diffpo_jax.sft --config configs/sft_sudoku.py --config.sft.out_dir=diffpo_jax/assets/demo_sudoku
+                                                                 # regenerates the shipped model
 
 LLaDA's masked-diffusion objective on generated 4x4 Sudoku puzzles (6-10 empty cells, disjoint
 from the shipped test set) with the compact prompt; completion = `<answer>\\n<16 digits>\\n</answer>
@@ -26,7 +28,7 @@ def get_config():
     c.task.generator = ml_collections.ConfigDict(dict(min_empty=6, max_empty=10))
     c.sft = ml_collections.ConfigDict(dict(
         steps=200, batch_size=64, lr=1e-3, warmup=50, weight_decay=0.01, grad_clip=1.0,
-        completion_length=24, out_dir="diffpo_jax/assets/demo_sudoku", save_dtype="float32", eval_items=256))
+        completion_length=24, out_dir="runs/sft_sudoku", save_dtype="float32", eval_items=256))
     c.eval.rule = "fixed"
     c.eval.gen_length = 24
     c.eval.block_length = 24

@@ -11,12 +11,13 @@ Every process calls `save`/`restore` (orbax coordinates multi-host writes itself
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+from diffpo_jax import storage
 
 
 class CheckpointMismatch(ValueError):
@@ -30,7 +31,7 @@ class Checkpointer:
         if max_to_keep < 1:
             raise ValueError(f"Checkpointer: max_to_keep={max_to_keep} (config.train.keep) would keep no "
                              "checkpoint, so nothing could resume; use 1 or more")
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)  # a gs:// URI stays one (orbax writes buckets)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                                create=True)
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}

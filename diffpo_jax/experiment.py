@@ -62,6 +62,31 @@ def generator_kwargs(config: ml_collections.ConfigDict) -> dict:
     return _plain(config.task.get("generator", ml_collections.ConfigDict()))
 
 
+def config_flag_value(holder) -> ml_collections.ConfigDict:
+    """The config of a `config_flags.DEFINE_config_file` flag, or SystemExit with one line naming
+    the problem (no --config, a mistyped file, a failing get_config) instead of a traceback."""
+    try:
+        config = holder.value
+        if config is not None:
+            config.keys()  # a file that failed to load is a placeholder that raises on first use
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        cause = e.__cause__ or e
+        detail = " ".join(str(cause).split())
+        raise SystemExit(f"--config: cannot load the config file: {detail}") from None
+    if config is None:
+        raise SystemExit("--config is required, e.g. --config configs/demo_sudoku.py (the paper's runs: "
+                         "--config configs/llada8b.py:TASK,METHOD)")
+    return config
+
+
+def check_task(config: ml_collections.ConfigDict) -> None:
+    """ConfigError for a `config.task.name` that is not a registered task."""
+    from diffpo_jax.tasks.registry import TASKS
+
+    if str(config.task.name).lower() not in TASKS:
+        raise ConfigError(f"config.task.name={config.task.name!r}: unknown task; choose one of {sorted(TASKS)}")
+
+
 def rl_config(config: ml_collections.ConfigDict) -> RLConfig:
     """RLConfig of `config.rl`; with joint_sampler, the rollout and eval samplers must be EB:
     the threshold head's γ is EB's threshold, which every other rule would silently ignore."""
@@ -141,8 +166,17 @@ def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mes
             cfg = llada.get_preset(config.model.preset, **overrides)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config.model: {e}") from None
+        tokenizer = load_tokenizer(config)
+        if cfg.mask_token_id >= len(tokenizer):  # e.g. llada_8b_instruct with the tiny demo tokenizer
+            raise ConfigError(
+                f"config.model.hf_dir is empty, so this would train a randomly initialised "
+                f"{config.model.preset!r} model, and its mask token id {cfg.mask_token_id} is outside the "
+                f"{len(tokenizer)}-token tokenizer {tokenizer.name_or_path!r}; set "
+                "--config.model.hf_dir=/path/to/LLaDA-8B-Instruct (or config.model.tokenizer_dir for a "
+                "deliberate random-init run)")
         make = lambda: llada.LLaDA(cfg, rngs=nnx.Rngs(seed))  # noqa: E731
         llm = shd.create_sharded(make, mesh) if mesh is not None else make()
+        return llm, tokenizer
     return llm, load_tokenizer(config)
 
 

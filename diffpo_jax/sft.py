@@ -141,7 +141,7 @@ def main(argv) -> None:
     quiet_logs()
     distributed.maybe_initialize()
     try:
-        info = run_sft(_CONFIG.value)
+        info = run_sft(experiment.config_flag_value(_CONFIG))
     except experiment.ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     print(json.dumps(info, indent=1))

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from diffpo_jax import distributed, evaluate, experiment, tasks
+from diffpo_jax import distributed, evaluate, experiment, storage, tasks
 from diffpo_jax.checkpointing import CheckpointMismatch, Checkpointer
 from diffpo_jax.models.threshold_head import Policy, save_threshold_head
 from diffpo_jax.rl.likelihood import inner_key
@@ -50,25 +50,27 @@ class MetricsLog:
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.primary = distributed.is_primary()
         self.tb = None
+        self.lines: list[str] = []  # the whole log: a bucket object cannot be appended to, only rewritten
         if not self.primary:
             return
-        os.makedirs(out_dir, exist_ok=True)
-        kept = []
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                kept = [ln for ln in f if _logged_step(ln) <= resume_step]
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+        storage.makedirs(out_dir)
+        if storage.exists(self.path):
+            self.lines = [ln for ln in storage.read_text(self.path).splitlines(keepends=True)
+                          if _logged_step(ln) <= resume_step]
+        storage.write_text(self.path, "".join(self.lines))
         if tensorboard:
-            from tensorboardX import SummaryWriter
-            # purge_step: TensorBoard drops the earlier run's events after the resumed step.
-            self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=resume_step + 1 if resume_step else None)
+            self.tb = _summary_writer(os.path.join(out_dir, "tb"), resume_step)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.primary:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        line = json.dumps({"step": step, **metrics}) + "\n"
+        self.lines.append(line)
+        if storage.is_uri(self.path):
+            storage.write_text(self.path, "".join(self.lines))
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
         if self.tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
@@ -78,6 +80,18 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _summary_writer(tb_dir: str, resume_step: int):
+    """A tensorboardX writer; purge_step makes TensorBoard drop the earlier run's events after
+    the resumed step."""
+    from tensorboardX import SummaryWriter
+
+    try:
+        return SummaryWriter(tb_dir, purge_step=resume_step + 1 if resume_step else None)
+    except ImportError as e:  # gs:// / s3:// event files need google-cloud-storage / boto3
+        raise experiment.ConfigError(f"config.train.tensorboard: cannot write events to {tb_dir} ({e}); install "
+                                     "it (pip install -e '.[gcs]') or set --config.train.tensorboard=False") from None
 
 
 def _logged_step(line: str) -> float:
@@ -139,8 +153,16 @@ class ShardedBatches:
                 f"config.train.data_shards={shards}: must be a multiple of the {n_proc} processes and divide "
                 f"config.train.prompts_per_step={per_step}")
         local = range(pid * shards // n_proc, (pid + 1) * shards // n_proc)
+        try:
+            self.iters = self._open(config, tokenizer, group_size, shards, local)
+        except FileNotFoundError as e:  # benchmark data missing: the message names the flags to set
+            raise experiment.ConfigError(str(e)) from None
+
+    @staticmethod
+    def _open(config, tokenizer, group_size: int, shards: int, local: range) -> list:
+        per_step = int(config.train.prompts_per_step)
         gen_kwargs = experiment.generator_kwargs(config)
-        self.iters = [iter(grpo_dataset(
+        return [iter(grpo_dataset(
             config.task.name, tokenizer, n_prompts=per_step // shards, group_size=group_size,
             max_prompt_length=int(config.task.max_prompt_length), data_dir=config.task.data_dir or None,
             seed=int(config.seed), prompt_style=config.task.prompt_style,
@@ -219,10 +241,9 @@ def config_changes(out_dir: str, config: ml_collections.ConfigDict) -> list[str]
     """'field: saved -> now' for every field where `config` differs from the run's
     `<out_dir>/config.json` (written at the run's first start); [] if there is none."""
     path = os.path.join(out_dir, "config.json")
-    if not os.path.isfile(path):
+    if not storage.exists(path):
         return []
-    with open(path) as f:
-        saved = _flat(json.load(f))
+    saved = _flat(json.loads(storage.read_text(path)))
     now = _flat(json.loads(config.to_json_best_effort()))
     return [f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"
             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
@@ -245,6 +266,7 @@ def restore_checkpoint(ckpt: Checkpointer, ts, config, step=None):
 
 def _build(config):
     """(rl_cfg, mesh, tokenizer, sampler_cfg, policy, train state) of an experiment config."""
+    experiment.check_task(config)
     rl_cfg = experiment.rl_config(config)
     mesh = experiment.build_mesh(config)
     llm, tokenizer = experiment.build_llm(config, mesh)
@@ -278,9 +300,8 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
             for change in config_changes(out_dir, config):
                 print(f"  config changed since the run began: {change}")
     elif distributed.is_primary():
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+        storage.makedirs(out_dir)
+        storage.write_text(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=1))
     log = MetricsLog(out_dir, start, tensorboard=bool(config.train.get("tensorboard", True)))
     evaluator = None
     if int(config.train.eval_items) and int(config.train.eval_every) > 0:
@@ -317,7 +338,7 @@ def train(config: ml_collections.ConfigDict, *, progress: bool = True) -> TrainR
     ckpt.close()
     log.close()
     final = current_policy()
-    if config.train.export_hf and (start < total or not os.path.isdir(os.path.join(out_dir, "hf"))):
+    if config.train.export_hf and (start < total or not storage.isdir(os.path.join(out_dir, "hf"))):
         _export(final, config, out_dir)
     return TrainResult(final, last, out_dir)
 
@@ -355,15 +376,19 @@ def _console_line(step: int, m: dict) -> str:
 
 
 def _export(policy, config, out_dir: str) -> None:
+    """hf/, peft/ (and head/ when joint) under `out_dir`; a bucket `out_dir` is built in a local
+    temporary directory and uploaded by the primary process."""
     from diffpo_jax.convert.hf_export import save_hf, save_peft_adapter
 
     src = config.model.hf_dir or None
-    save_hf(policy.llm, os.path.join(out_dir, "hf"), source_dir=src, merge_lora=True)
-    save_peft_adapter(policy.llm, os.path.join(out_dir, "peft"), base_model_name_or_path=src)
+    local = storage.local_staging(out_dir)
+    save_hf(policy.llm, os.path.join(local, "hf"), source_dir=src, merge_lora=True)
+    save_peft_adapter(policy.llm, os.path.join(local, "peft"), base_model_name_or_path=src)
     head = ""
     if policy.head is not None:
-        save_threshold_head(policy.head, os.path.join(out_dir, "head"))
+        save_threshold_head(policy.head, os.path.join(local, "head"))
         head = f" and the threshold head to {out_dir}/head"
+    storage.publish(local, out_dir, upload=distributed.is_primary())
     if distributed.is_primary():
         print(f"exported the LoRA-merged model to {out_dir}/hf, the adapter to {out_dir}/peft{head}")
 
@@ -380,9 +405,7 @@ def main(argv) -> None:
     del argv
     quiet_logs()
     distributed.maybe_initialize()
-    config = _CONFIG.value
-    if config is None:
-        raise SystemExit("--config is required, e.g. --config configs/demo_sudoku.py")
+    config = experiment.config_flag_value(_CONFIG)
     if distributed.is_primary():
         print(distributed.process_info())
     try:
@@ -392,6 +415,8 @@ def main(argv) -> None:
             train(config, progress=distributed.is_primary())
     except experiment.ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
+    except FileNotFoundError as e:  # an input the config points at (data, checkpoint) is missing
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

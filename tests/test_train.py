@@ -4,6 +4,7 @@ SIGKILL (a killed-and-resumed run reproduces the uninterrupted run's metrics).""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,6 +108,13 @@ def test_config_errors_name_the_field():
         experiment.sampler_config(c.sampler, llada.tiny())
     with pytest.raises(ValueError, match="TASK,METHOD"):
         llada8b.get_config("gsm8k")
+    c = base.get_config()
+    c.task.name = "gsm9k"
+    with pytest.raises(experiment.ConfigError, match=r"config\.task\.name='gsm9k': unknown task"):
+        experiment.check_task(c)
+    c = llada8b.get_config("gsm8k,d1")  # hf_dir forgotten: not a random 8B with the tiny tokenizer
+    with pytest.raises(experiment.ConfigError, match=r"config\.model\.hf_dir is empty.*mask token id 126336"):
+        experiment.build_llm(c, None)
 
 
 def test_joint_training_run_logs_checkpoints_and_exports(tiny_hf, tmp_path):
@@ -147,6 +155,20 @@ def test_joint_training_run_logs_checkpoints_and_exports(tiny_hf, tmp_path):
     c.train.steps = 3
     with pytest.raises(experiment.ConfigError, match=r"model\.lora_rank: 4 -> 8"):
         train(c, progress=False)
+
+
+def test_cli_mistakes_give_one_line_errors(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    cases = [(["--config", "configs/nope.py"], "--config: cannot load the config file: .*configs/nope.py"),
+             ([], "--config is required"),
+             (["--config", "configs/demo_sudoku.py", "--config.task.data_dir=/nope",
+               f"--config.train.out_dir={tmp_path / 'run'}"], r"config error: /nope/sudoku_4x4_test.csv not found.*"
+                                                              r"--config\.task\.data_dir")]
+    for args, want in cases:
+        r = subprocess.run([sys.executable, "-m", "diffpo_jax.train", *args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert re.search(want, r.stderr.strip().splitlines()[-1]), r.stderr[-2000:]
 
 
 def test_metrics_log_resume_drops_later_and_torn_lines(tmp_path):

@@ -4,6 +4,7 @@ Layout of `path/`:
   params/            orbax StandardCheckpointer of `nnx.to_pure_dict(nnx.state(model))`
   llada_config.json  the LLaDAConfig fields (to rebuild the module)
   hf_config.json     optional: the source config.json (so export round-trips its extra keys)
+`path` may be a bucket URI (gs://...): orbax and `diffpo_jax.storage` write it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from diffpo_jax import sharding as shd
+from diffpo_jax import storage
 from diffpo_jax.convert.errors import ConversionError
 from diffpo_jax.models.llada import LLaDA, LLaDAConfig
 
@@ -47,17 +49,15 @@ def config_from_json(d: dict, source: str = "llada_config.json", **overrides) ->
 
 def save_orbax(model: LLaDA, path: str, hf_config: Optional[dict] = None) -> None:
     """Save params + config into `path` (every process calls this; orbax coordinates)."""
-    path = os.path.abspath(path)
-    if os.path.exists(os.path.join(path, "params")):
+    path = storage.absolute(path)
+    if storage.exists(os.path.join(path, "params")):
         raise ConversionError(f"{path}/params already exists; choose a new --out directory or delete it")
-    os.makedirs(path, exist_ok=True)
+    storage.makedirs(path)
     # The configs first: orbax commits params/ atomically, so params/ existing means complete.
     if jax.process_index() == 0:
-        with open(os.path.join(path, "llada_config.json"), "w") as f:
-            json.dump(config_to_json(model.cfg), f, indent=2)
+        storage.write_text(os.path.join(path, "llada_config.json"), json.dumps(config_to_json(model.cfg), indent=2))
         if hf_config is not None:
-            with open(os.path.join(path, "hf_config.json"), "w") as f:
-                json.dump(hf_config, f, indent=2)
+            storage.write_text(os.path.join(path, "hf_config.json"), json.dumps(hf_config, indent=2))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(path, "params"), nnx.to_pure_dict(nnx.state(model)))
     ckptr.wait_until_finished()
@@ -65,22 +65,20 @@ def save_orbax(model: LLaDA, path: str, hf_config: Optional[dict] = None) -> Non
 
 def read_hf_config(path: str) -> Optional[dict]:
     p = os.path.join(path, "hf_config.json")
-    if not os.path.isfile(p):
+    if not storage.exists(p):
         return None
-    with open(p) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(p))
 
 
 def load_orbax(path: str, mesh: Optional[jax.sharding.Mesh] = None, **config_overrides) -> LLaDA:
     """Restore a module saved by `save_orbax`, each param straight onto its mesh sharding
     (mesh None: one device). Overrides may change numerics (compute_dtype, remat), not shapes."""
-    path = os.path.abspath(path)
+    path = storage.absolute(path)
     cfg_path = os.path.join(path, "llada_config.json")
-    if not os.path.isfile(cfg_path) or not os.path.isdir(os.path.join(path, "params")):
+    if not storage.exists(cfg_path) or not storage.isdir(os.path.join(path, "params")):
         raise ConversionError(f"{path}: not a diffpo-jax params checkpoint (needs llada_config.json and "
                               f"params/, as written by `python -m diffpo_jax.convert import`)")
-    with open(cfg_path) as f:
-        saved = json.load(f)
+    saved = json.loads(storage.read_text(cfg_path))
     stored, cfg = config_from_json(saved, cfg_path), config_from_json(saved, cfg_path, **config_overrides)
     reshaping = [f"{k}: {getattr(stored, k)!r} -> {getattr(cfg, k)!r}" for k in SHAPE_FIELDS
                  if getattr(stored, k) != getattr(cfg, k)]

@@ -51,10 +51,11 @@ def data_file(task: str, split: str, path: Optional[str] = None) -> str:
     full = os.path.join(resolve_data_dir(path), FILES[(name, split)])
     if not os.path.isfile(full):
         hint = (" The MATH training set is not shipped: put prm800k math_splits/train.jsonl there "
-                "or pass math_train_path." if (name, split) == ("math500", "train") else "")
+                "or point --config.task.train_path (Python: math_train_path=) at it."
+                if (name, split) == ("math500", "train") else "")
         raise FileNotFoundError(f"{full} not found. Benchmark data is read from {resolve_data_dir(path)!r} "
-                                f"(pass data_dir= or set ${DATA_ENV}); see shared/data/README.md for the "
-                                f"files and their sources.{hint}")
+                                f"(set --config.task.data_dir, evaluate's --data_dir, data_dir= in Python, or "
+                                f"${DATA_ENV}); see shared/data/README.md for the files and their sources.{hint}")
     return full
 
 
