@@ -151,7 +151,9 @@ EQUIVALENT = [("\\frac{1}{2}", "0.5"), ("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}"), ("
               ("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", "\\begin{pmatrix} 0.2 \\\\ -3.6 \\end{pmatrix}"),
               ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}"), ("-2 + 7i", "7i - 2"), ("864 \\mbox{ inches}^2", "864")]
 DIFFERENT = [("\\frac{1}{2}", "0.51"), ("(3,4]", "(3,4)"), ("\\sqrt{2}", "2"), ("2k", "2k+1"), ("x^2", "x^3"),
-             ("\\text{(B)}", "C"), ("(1,2)", "(2,1)"), ("\\frac{1}{3}", "0.333")]
+             ("\\text{(B)}", "C"), ("(1,2)", "(2,1)"), ("\\frac{1}{3}", "0.333"),
+             # sign flips and operators in letter-only answers (MATH500 golds `\\pi`, `p - q`)
+             ("\\pi", "-\\pi"), ("p-q", "p+q"), ("-\\infty", "\\infty"), ("x<y", "x>y"), ("a/b", "ab")]
 
 
 def test_math_equivalences():
@@ -162,6 +164,31 @@ def test_math_equivalences():
     assert not math500.score("\\boxed{\\sqrt2/2}", {"answer": "\\frac{\\sqrt{2}}{2}"}, use_sympy=False)["correct"]
     for a, b in DIFFERENT:
         assert not math_equiv.is_equiv(a, b, timeout=5.0), (a, b)
+
+
+# sympy-layer regressions: letter-only answers compared by their letters alone, hedged or
+# juxtaposed answers read as products, free symbols sampled only at positive points
+SYMPY_DIFFERENT = [("\\cot x", "-\\cot x"), ("-(p - q)", "p - q"), ("\\text{east}", "\\text{seat}"),
+                   ("-\\text{Evelyn}", "\\text{Evelyn}"), ("1 \\text{ or } 6", "6"), ("2 \\text{ and } 3", "6"),
+                   ("5 \\text{ or } -5", "0"), ("x \\text{ or } y", "xy"), ("2 3", "6"), ("4{10}", "40"),
+                   ("\\frac{1}{2}3", "\\frac{3}{2}"), ("|x|", "x"), ("\\sqrt{x^2}", "x"),
+                   ("x + |y|", "x + y"), ("a + b + c + |d|", "a + b + c + d"), ("\\sqrt{z^2} + x + y", "x + y + z")]
+SYMPY_EQUIVALENT = [("\\text{Evelyn}", "Evelyn"), ("\\textbf{(C)}", "C"), ("xy", "yx"), ("2(3)", "6"),
+                    ("2\\sqrt{3}", "\\sqrt{12}"), ("2x", "x \\cdot 2"), ("1\\frac{4}{5}", "1.8"),
+                    ("5.4 \\text{ cents}", "5.4"), ("(3 \\text{ cm}, 4 \\text{ cm})", "(3, 4)"),
+                    ("\\sqrt{x^2}", "|x|"), ("|x|^2", "x^2"), ("(a+b)^2", "a^2 + 2ab + b^2")]
+
+
+def test_math_sympy_sign_hedge_juxtaposition_and_sampling():
+    for a, b in SYMPY_EQUIVALENT:
+        assert math_equiv.is_equiv(a, b, timeout=5.0) and math_equiv.is_equiv(b, a, timeout=5.0), (a, b)
+    for a, b in SYMPY_DIFFERENT:
+        assert not math_equiv.is_equiv(a, b, timeout=5.0) and not math_equiv.is_equiv(b, a, timeout=5.0), (a, b)
+    six = {"answer": "6"}
+    assert not math500.score("\\boxed{1 \\text{ or } 6}", six)["correct"]
+    assert math500.correctness("<answer>\\boxed{2 \\text{ and } 3}</answer>", six) == 0.0
+    # d1's Hendrycks rule cuts at `\\text{ `, so `6 \\text{ or } 7` matches 6 there (kept for parity)
+    assert math500.score("\\boxed{6 \\text{ or } 7}", six, use_sympy=False)["correct"]
 
 
 def test_math500_answers_score_themselves(test_sets):
@@ -211,6 +238,18 @@ def test_countdown_solver_outputs_score_one(test_sets):
         assert TASKS["countdown"].reward_components(FMT.format(r="r", a=b), item) == {"correctness": 0.0, "format": 0.1}
         assert not score("countdown", "\\boxed{%s}" % b, item)["correct"]
     assert TASKS["countdown"].reward("no tags " + expr, item) == 0.0
+
+
+def test_countdown_rejects_leading_zeros():
+    item = {"numbers": [30, 100, 93], "target": 37}
+    # Python 3 (d1's eval) raises SyntaxError on `030`: format score only
+    assert TASKS["countdown"].reward_components("<answer>030+100-93</answer>", item) == {"correctness": 0.0, "format": 0.1}
+    assert not score("countdown", "\\boxed{030+100-93}", item)["correct"]
+    assert TASKS["countdown"].reward("<answer>30+100-93</answer>", item) == 1.0
+    for bad in ["030", "100-093", "(07)*1"]:
+        with pytest.raises(arith.ArithError):
+            arith.evaluate(bad)
+    assert arith.evaluate("00+0") == 0 and arith.evaluate("030.5*2") == 61  # valid Python 3 literals
 
 
 def test_sudoku_solutions_score_one(test_sets):

@@ -7,10 +7,12 @@ Grammar (recursive descent, exact `Fraction` values):
     term   := factor (('*' | '/') factor)*
     factor := ('+' | '-') factor | number | '(' expr ')'
     number := [0-9]+ ('.' [0-9]*)? | '.' [0-9]+
-Whitespace is ASCII only. `**` and `//` are rejected (Python would read them as power and
-floor division; Countdown allows + - * / only). Bounded: input length (MAX_EXPR_CHARS),
-nesting depth (MAX_DEPTH), literal length (MAX_LITERAL_DIGITS) and every intermediate
-numerator/denominator (MAX_MAGNITUDE); anything beyond raises `ArithError`.
+An integer with a leading zero (`030`) is rejected, as Python 3 does (d1's `eval` raises
+SyntaxError there); `0`, `00`, `030.5` are fine. Whitespace is ASCII only. `**` and `//` are
+rejected (Python would read them as power and floor division; Countdown allows + - * / only).
+Bounded: input length (MAX_EXPR_CHARS), nesting depth (MAX_DEPTH), literal length
+(MAX_LITERAL_DIGITS) and every intermediate numerator/denominator (MAX_MAGNITUDE); anything
+beyond raises `ArithError`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def _tokens(text: str) -> list[str]:
         num, op = m.groups()
         if num is not None and len(num) > MAX_LITERAL_DIGITS + 1:
             raise ArithError("number literal too long")
+        if num is not None and num[0] == "0" and "." not in num and num.strip("0"):
+            raise ArithError(f"leading zero in {num!r}")
         out.append(num if num is not None else op)
         pos = m.end()
     return out

@@ -51,7 +51,8 @@ _REPLACE = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cdot", "*"), ("\\t
 TEXT_CMDS = ("\\text", "\\textbf", "\\textit", "\\textrm", "\\mbox", "\\mathrm", "\\mathbf",
               "\\operatorname", "\\boldsymbol", "\\mathit")
 _UNIT = re.compile(r"[A-Za-z ]+")
-_UNIT_POWER = re.compile(r"\^\{?[23]\}?")
+_UNIT_END = re.compile(r"(?:\^\{?[23]\}?)?(?=\s*(?:\.?\s*\Z|[,)\]]))")  # [^2|^3] then end, `,` `)` `]`
+_CONNECTIVE = re.compile(r"\b(?:or|and|nor|either|but|also|then|versus|vs)\b", re.IGNORECASE)
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _IN_PREFIX = re.compile(r"[A-Za-z]\s*\\in\s*")
 
@@ -70,8 +71,9 @@ def _brace_end(s: str, open_at: int) -> int:
 
 
 def _unwrap_text(s: str) -> str:
-    """`\\text{x}` -> `x`; a purely alphabetic `\\text{ cm}` next to other content is a unit and
-    is dropped (with a following `^2` / `^3`)."""
+    """`\\text{x}` -> `x`. A purely alphabetic `\\text{ cm}` next to other content is a unit and
+    is dropped (with a following `^2` / `^3`) when it ends the answer or a list item (`,`, `)`,
+    `]` follows); one holding `or` / `and`-like words (`1 \\text{ or } 6`) is a ParseError."""
     for _ in range(20):
         hits = [(s.find(c + "{"), c) for c in TEXT_CMDS if s.find(c + "{") >= 0]
         if not hits:
@@ -81,10 +83,13 @@ def _unwrap_text(s: str) -> str:
         content = s[i + len(cmd) + 1:j]
         rest = s[:i] + s[j + 1:]
         if rest.strip() and _UNIT.fullmatch(content) and content.strip():
-            m = _UNIT_POWER.match(s, j + 1)
-            s = s[:i] + s[m.end() if m else j + 1:]
-        else:
-            s = s[:i] + content + s[j + 1:]
+            if _CONNECTIVE.search(content):
+                raise ParseError("several answers joined by words")
+            unit = _UNIT_END.match(s, j + 1)
+            if unit:
+                s = s[:i] + s[unit.end():]
+                continue
+        s = s[:i] + content + s[j + 1:]
     raise ParseError("too many text commands")
 
 

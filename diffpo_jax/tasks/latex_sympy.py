@@ -1,9 +1,10 @@
 """A small, bounded LaTeX -> sympy converter for final answers (`parse`).
 
 Covers the forms MATH answers use: integers/decimals, `\\frac` (`\\frac12`, `\\frac{a}{b}`,
-`\\dfrac`), `\\sqrt{x}`, `\\sqrt[n]{x}`, `\\pi`, `\\infty`, `i`, powers, implicit products,
-mixed numbers (`1\\frac{4}{5}`), `\\pm`, `!`, `|x|`, trig/log functions, tuples and intervals
-(`(a, b]`), `\\cup`, sets `\\{..\\}`, comma lists, equations, `pmatrix`, `\\text{}` / units,
+`\\dfrac`), `\\sqrt{x}`, `\\sqrt[n]{x}`, `\\pi`, `\\infty`, `i`, powers, implicit products
+(but two numbers side by side, `2 3` or `4{10}`, are a ParseError), mixed numbers
+(`1\\frac{4}{5}`), `\\pm`, `!`, `|x|`, trig/log functions, tuples and intervals (`(a, b]`),
+`\\cup`, sets `\\{..\\}`, comma lists, equations, `pmatrix`, `\\text{}` / trailing units,
 degrees, percent, dollars, thousands separators, `x \\in`, short `x =` prefixes.
 
 Everything is bounded: input length (MAX_LEN), nesting depth (MAX_DEPTH), literal size
@@ -39,6 +40,7 @@ _CONSTS = {"\\pi": sp.pi, "\\infty": sp.oo, "\\inf": sp.oo}
 class _Parser:
     def __init__(self, tokens):
         self.toks, self.i, self.depth = tokens, 0, 0
+        self.last = ""  # kind of the token read last
 
     # helpers
     def peek(self, k=0):
@@ -48,6 +50,7 @@ class _Parser:
     def next(self):
         tok = self.peek()
         self.i += 1
+        self.last = tok[0]
         return tok
 
     def expect(self, kind):
@@ -134,6 +137,8 @@ class _Parser:
                 self.next()
                 value = _check_size(_expr(value) / _expr(self.unary()))
             elif self.starts_primary():
+                if tok[0] in ("num", "{") and self.last in ("num", "}"):
+                    raise ParseError("numbers side by side")  # `2 3`, `4{10}`: no product
                 mixed = (isinstance(value, sp.Integer) and value >= 0 and tok == ["cmd", "\\frac"]
                          and self.toks[self.i - 1][0] == "num")
                 rhs = _expr(self.power())
@@ -193,6 +198,7 @@ class _Parser:
             return self.primary()
         if tok[0] == "num" and len(tok[1]) > 1 and "." not in tok[1]:
             first, tok[1] = tok[1][0], tok[1][1:]  # the rest stays the current token
+            self.last = "num"
             return sp.Integer(int(first))
         return self.primary()
 

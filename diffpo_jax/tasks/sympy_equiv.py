@@ -12,16 +12,24 @@ from diffpo_jax.tasks.latex_sympy import TEXT_CMDS, Node, ParseError, parse
 REL_TOL = 1e-9
 
 
-def text_key(s: str) -> str:
-    """Lower-case letters and digits of an answer with `\\text{}` wrappers and brackets
-    removed: `\\text{(C)}` -> `c`, `\\text{Evelyn}` -> `evelyn`."""
+def text_key(s: str) -> str | None:
+    """The lower-case letters of an answer that is only words, else None: `\\text{}`-like
+    wrappers, braces, parentheses, spaces and a final `.` are removed and what is left must be
+    ASCII letters: `\\text{(C)}` -> `c`, `\\text{Evelyn}` -> `evelyn`, but `p - q`, `\\pi`,
+    `a/b`, `x<y`, `5` -> None."""
     for cmd in TEXT_CMDS:
         s = s.replace(cmd + "{", "{")
-    return "".join(ch for ch in s.lower() if ch.isascii() and ch.isalnum())
+    key = "".join(ch for ch in s.strip().rstrip(".") if ch not in "{}() \t").lower()
+    return key if key.isascii() and key.isalpha() else None
 
 
-_PROBES = [sp.Rational(3, 7), sp.Rational(-5, 11), sp.Rational(13, 5), sp.Rational(17, 19),
-           sp.Rational(-23, 9), sp.Rational(29, 31)]
+_FRACTIONS = (sp.Rational(3, 7), sp.Rational(5, 11), sp.Rational(2, 13))
+
+
+def _probe(j: int, k: int):
+    """Value of the j-th free symbol at sample point k (0..2): non-integer, distinct for each
+    symbol, of sign (-1)^(j+k), so every symbol is tried at both signs (`|x|` != `x`)."""
+    return (-1) ** (j + k) * (j + 1 + _FRACTIONS[k])
 
 
 def _close(x, y) -> bool:
@@ -37,7 +45,8 @@ def _close(x, y) -> bool:
 
 def expr_equal(x, y) -> bool:
     """Exact structural match, else numeric equality (relative 1e-9, 30 digits); with free
-    symbols, equality at 3 fixed rational points (falling back to `simplify`)."""
+    symbols, equality at the 3 points of `_probe` (falling back to `simplify` where a side is
+    not finite there)."""
     if x == y:
         return True
     if x.has(sp.oo, -sp.oo, sp.zoo, sp.nan) or y.has(sp.oo, -sp.oo, sp.zoo, sp.nan):
@@ -49,7 +58,7 @@ def expr_equal(x, y) -> bool:
         return False
     results = []
     for k in range(3):
-        point = {v: _PROBES[(j + k) % len(_PROBES)] + k for j, v in enumerate(symbols)}
+        point = {v: _probe(j, k) for j, v in enumerate(symbols)}
         a, b = x.subs(point), y.subs(point)
         if not (sp.N(a).is_finite and sp.N(b).is_finite):
             return sp.simplify(x - y) == 0
@@ -109,8 +118,11 @@ def equivalent(pred: str, gold: str) -> bool:
     """True when two LaTeX answers denote the same value (never raises)."""
     try:
         kp, kg = text_key(pred), text_key(gold)
-        if kp and kp == kg and kp.isalpha():
-            return True
+        if kp and kg:  # both only words
+            if kp == kg:
+                return True
+            if any(cmd in pred or cmd in gold for cmd in TEXT_CMDS):
+                return False  # different words (`\\text{east}` vs `seat`), not a product of letters
         if "_" in pred and "_" in gold:  # numbers in a base, 4210_{5}
             return _squash(pred) == _squash(gold)
         return values_equal(parse(pred), parse(gold))
