@@ -406,6 +406,10 @@ def main(argv) -> None:
     quiet_logs()
     distributed.maybe_initialize()
     config = experiment.config_flag_value(_CONFIG)
+    if _SHOW_CONFIG.value:
+        for key, value in _flat(json.loads(config.to_json_best_effort())).items():
+            print(f"--config.{key}={json.dumps(value)}")
+        return
     if distributed.is_primary():
         print(distributed.process_info())
     try:
@@ -428,4 +432,6 @@ if __name__ == "__main__":
     _EXPORT_STEP = flags.DEFINE_integer(
         "export_step", None, "export checkpoint N of the run (-1: the latest) to <out_dir>/export-stepN/ "
         "(hf/: LoRA-merged HF model, peft/: adapter, head/: threshold head when joint) and exit; no training")
+    _SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "print every --config.<section>.<field>=<value> "
+                                     "of the loaded config (the flags you can override) and exit")
     app.run(main)

@@ -169,6 +169,9 @@ def test_cli_mistakes_give_one_line_errors(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert re.search(want, r.stderr.strip().splitlines()[-1]), r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "diffpo_jax.train", "--config", "configs/llada8b.py:gsm8k,joint",
+                        "--show_config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and '--config.rl.joint_sampler=true' in r.stdout.splitlines(), r.stdout[-2000:]
 
 
 def test_metrics_log_resume_drops_later_and_torn_lines(tmp_path):
