@@ -3,7 +3,8 @@ IS statistics on the demo task (4x4 Sudoku, real test set), vs the uncached samp
 
     python -m bench.kv_cache_demo                                  # shipped SFT model, CPU, ~2 min
     python -m bench.kv_cache_demo --block_lengths 24,8,4 --gammas 0.3,1 --rules eb,threshold
-    python -m bench.kv_cache_demo --model_dir runs/demo/hf         # any HF-format demo model
+    python -m bench.kv_cache_demo --model_dir runs/demo_sudoku_joint/hf   # an RL-trained demo model, from
+        # python -m diffpo_jax.train --config configs/demo_sudoku.py:joint --config.train.export_hf=True
 
 `bench/kv_cache.py` measures the mechanism on random weights, where a stale context moves
 flat logits a lot; this one measures what users care about on a model that learned the task

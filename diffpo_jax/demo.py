@@ -1,7 +1,7 @@
 """The embedded demo (README's main command): DiFFPO makes a tiny dLLM solve 4x4 Sudoku
 better *and* with fewer forward passes, on a laptop CPU in a few minutes.
 
-    python -m diffpo_jax.demo [--method joint] [--steps 40] [--out_dir runs/demo]
+    python -m diffpo_jax.demo [--method joint] [--steps 40] [--seed 0] [--out_dir runs/demo_joint_seed0]
 
 1. Loads the shipped tiny LLaDA (diffpo_jax/assets/demo_sudoku: ~0.9M parameters, made by
    `python -m diffpo_jax.sft --config configs/sft_sudoku.py`, seed 0, see its sft_info.json).
@@ -9,7 +9,9 @@ better *and* with fewer forward passes, on a laptop CPU in a few minutes.
    fixed γ values (accuracy and mean NFE), and LLaDA's one-token-per-step decoding.
 3. Trains with DiFFPO (configs/demo_sudoku.py: 2-MF + IS + the jointly trained threshold
    head; `--method` picks d1 / 2mf / 2mf_is instead) — the same `diffpo_jax.train` loop
-   as the LLaDA-8B configs, checkpoints and metrics in `--out_dir`.
+   as the LLaDA-8B configs, checkpoints and metrics in `--out_dir` (default
+   `runs/demo_<method>_seed<seed>`: one per run, since re-running in a directory resumes
+   from its checkpoints).
 4. Evaluates the trained model with its adaptive sampler (γ = μ_φ(p) per prompt) and the
    same fixed γ values, prints before/after accuracy and NFE, writes `pareto.png` and
    `summary.json`.
@@ -60,16 +62,25 @@ def adaptive_point(policy, tokenizer, config, items, ids, rl_cfg, series: str) -
     return {"label": f"adaptive (mean μ={mu_mean:.2f})", "series": series, "gamma": mu_mean, **out}
 
 
-def run_demo(method: str = "joint", steps: int = 0, out_dir: str = "runs/demo", seed: int = 0,
+def default_out_dir(method: str, seed: int) -> str:
+    """`runs/demo_<method>_seed<seed>`: training resumes from what `out_dir` holds, so every
+    method and seed gets its own directory (another method's checkpoint is never reused)."""
+    return os.path.join("runs", f"demo_{method}_seed{seed}")
+
+
+def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, seed: int = 0,
              eval_items: int = 0, overrides: dict | None = None, progress: bool = True,
              sweep: bool = True) -> dict:
-    """Run the whole demo; returns the summary written to `<out_dir>/summary.json`.
+    """Run the whole demo; returns the summary written to `<out_dir>/summary.json`
+    (out_dir None: `default_out_dir(method, seed)`; an existing run there is resumed, and
+    experiment.ConfigError is raised if its parameters do not fit this method).
     `sweep=False` evaluates only the main points (before: EB at `eval.gamma`; after: the
     adaptive sampler when joint, else EB at `eval.gamma`), for the paper table's many runs."""
     from configs import demo_sudoku
     from diffpo_jax.train import train
 
     t0 = time.perf_counter()
+    out_dir = out_dir or default_out_dir(method, seed)
     config = demo_sudoku.get_config(method)
     config.seed = seed
     config.train.out_dir = out_dir
@@ -131,17 +142,30 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str = "runs/demo", 
 
 
 def main(argv=None) -> int:
+    from configs.demo_sudoku import METHODS
+
     p = argparse.ArgumentParser(prog="python -m diffpo_jax.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="joint", choices=("d1", "2mf", "2mf_is", "joint"))
+    p.add_argument("--method", default="joint", choices=METHODS,
+                   help="joint (default: 2-MF + IS + threshold head), d1, 2mf or 2mf_is")
     p.add_argument("--steps", type=int, default=0, help="RL steps (default: configs/demo_sudoku.py)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the RL run (default 0)")
     p.add_argument("--eval_items", type=int, default=0, help="held-out puzzles (default: the config's)")
-    p.add_argument("--out_dir", default="runs/demo", help="checkpoints, metrics.jsonl, pareto.png, summary.json")
+    p.add_argument("--out_dir", default=None,
+                   help="checkpoints, metrics.jsonl, pareto.png, summary.json (default runs/demo_<method>_seed<seed>; "
+                        "an existing run there is resumed)")
     args = p.parse_args(argv)
     from absl import logging
+
+    from diffpo_jax import distributed
+
     logging.set_verbosity(logging.WARNING)
-    run_demo(args.method, args.steps, args.out_dir, args.seed, args.eval_items)
+    distributed.maybe_initialize()  # multi-host from the environment; a no-op on one host
+    try:
+        run_demo(args.method, args.steps, args.out_dir or default_out_dir(args.method, args.seed), args.seed,
+                 args.eval_items)
+    except experiment.ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
     return 0
 
 

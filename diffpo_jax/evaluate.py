@@ -1,12 +1,20 @@
 """Evaluation: accuracy **and** NFE of a sampler on a benchmark, γ sweeps, Pareto plot.
 
-    python -m diffpo_jax.evaluate --model_dir DIR --task countdown --rule eb --gammas 0.05,0.1,0.3 \
+    python -m diffpo_jax.evaluate --model_dir DIR --task countdown --rule eb --gammas 0.05,0.1,0.3 \\
         --n 256 --out_dir runs/eval
 
 Writes one JSONL of generations per sampler setting (`<task>_<label>.jsonl`: prompt index,
 completion, NFE, score record), prints accuracy and mean NFE per setting, writes
 `summary.json` and an accuracy-vs-NFE Pareto plot (`pareto.png`). Accuracy is the metric d1
 reports (`tasks.aggregate`: Sudoku = pooled cell accuracy, with puzzle accuracy beside it).
+
+The shipped demo model (trained on short prompts without the `<reasoning>` prefill, fp32):
+
+    python -m diffpo_jax.evaluate --model_dir diffpo_jax/assets/demo_sudoku --task sudoku \\
+        --prompt_style compact --no-add_reasoning --gen_length 24 --block_length 24 \\
+        --gammas 0.1,0.3,1,3 --param_dtype float32 --compute_dtype float32 --out_dir runs/eval_demo
+
+No network is used: the model, tokenizer and benchmark data are read from local paths.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from diffpo_jax import tasks
+from diffpo_jax import distributed, tasks
+from diffpo_jax.convert.errors import ConversionError
 from diffpo_jax.distributed import from_host, host_value
 from diffpo_jax.models.attention import ATTENTION_IMPLS
-from diffpo_jax.sampling import SamplerConfig, left_pad, make_sampler
+from diffpo_jax.sampling import RULES, SamplerConfig, left_pad, make_sampler
+from diffpo_jax.sampling.config import KV_CACHES
 
 
 def encode_prompts(task: str, items: Sequence[dict], tokenizer, max_prompt_length: int = 0,
@@ -140,54 +150,115 @@ def plot_pareto(points: Sequence[dict], path: str, title: str = "accuracy vs NFE
 
 
 def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
+    """argparse type: '0.05,0.1,0.3' -> [0.05, 0.1, 0.3] (at least one number)."""
+    try:
+        out = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated numbers, e.g. 0.05,0.1,0.3") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected at least one number")
+    return out
 
 
-def main(argv=None) -> int:
+def _positive_int(s: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be >= 1")
+    return n
+
+
+def _local_dir(path: str) -> str:
+    """argparse type for --model_dir / --tokenizer_dir: a local directory (no hub downloads)."""
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path}: not a local directory; download the checkpoint first "
+                                         "(no hub downloads at run time)")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m diffpo_jax.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True, help="HF-format LLaDA directory (config.json, safetensors, tokenizer)")
-    p.add_argument("--tokenizer_dir", default="", help="tokenizer directory (default: --model_dir)")
+    p.add_argument("--model_dir", required=True, type=_local_dir,
+                   help="local HF-format LLaDA directory (config.json, safetensors, tokenizer); never downloaded")
+    p.add_argument("--tokenizer_dir", type=_local_dir, default=None,
+                   help="local tokenizer directory (default: --model_dir)")
     p.add_argument("--task", required=True, choices=sorted(tasks.TASKS))
     p.add_argument("--data_dir", default=None, help="benchmark data dir (default: $DIFFPO_DATA_DIR or ../shared/data)")
-    p.add_argument("--n", type=int, default=None, help="number of items (default: d1's evaluation subset)")
-    p.add_argument("--rule", default="eb", help="sampler rule: fixed, topk, threshold, eb")
-    p.add_argument("--gammas", default="0.1", help="comma-separated EB gammas to sweep (rule=eb)")
-    p.add_argument("--thresholds", default="0.9", help="comma-separated thresholds to sweep (rule=threshold)")
+    p.add_argument("--n", type=_positive_int, default=None, help="number of items (default: d1's evaluation subset)")
+    p.add_argument("--prompt_style", default="d1", choices=["d1", "compact"],
+                   help="d1's prompts (default) or the short 'compact' ones the tiny demo model was trained on")
+    p.add_argument("--add_reasoning", action=argparse.BooleanOptionalAction, default=True,
+                   help="append the '<reasoning>' prefill after the chat template (default on, as d1's "
+                        "evaluation; the demo model wants --no-add_reasoning)")
+    p.add_argument("--rule", default="eb", choices=RULES, help="sampler rule (default eb)")
+    p.add_argument("--gammas", type=_floats, default=[0.1], help="comma-separated EB gammas to sweep (rule eb)")
+    p.add_argument("--thresholds", type=_floats, default=[0.9],
+                   help="comma-separated thresholds to sweep (rule threshold)")
     p.add_argument("--gen_length", type=int, default=256)
     p.add_argument("--block_length", type=int, default=32)
     p.add_argument("--steps", type=int, default=None, help="total steps for rule=fixed (default gen_length/2)")
     p.add_argument("--k", type=int, default=2, help="tokens per step for rule=topk")
-    p.add_argument("--kv_cache", default="none", choices=["none", "prefix", "dual"],
+    p.add_argument("--kv_cache", default="none", choices=list(KV_CACHES),
                    help="approximate KV cache (Fast-dLLM): faster, not exact (default none)")
     p.add_argument("--attention_impl", default="auto", choices=list(ATTENTION_IMPLS),
                    help="attention kernel: auto = splash on TPU / cuDNN on GPU where they apply, else xla")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--param_dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="parameter dtype (default bfloat16; the demo model is float32)")
+    p.add_argument("--compute_dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="activation dtype (default bfloat16)")
+    p.add_argument("--batch_size", type=_positive_int, default=16)
     p.add_argument("--pad_multiple", type=int, default=0,
                    help="0: pad every prompt to the longest of the benchmark (one compile); m >= 1: pad each "
                         "batch to its longest prompt rounded up to a multiple of m (1 = d1's eval, with "
                         "--batch_size 8: the model attends to the pads, so this moves accuracy)")
-    p.add_argument("--max_prompt_length", type=int, default=0)
+    p.add_argument("--max_prompt_length", type=int, default=0, help="keep each prompt's last N tokens (0: all)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out_dir", default="runs/eval")
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv=None) -> int:
+    """Run the CLI. Bad input (a missing directory, a bad checkpoint, a sampler setting the
+    model cannot run) ends with a one-line `error: ...` instead of a traceback."""
+    args = build_parser().parse_args(argv)
+    distributed.maybe_initialize()  # multi-host from the environment; a no-op on one host
+    try:
+        return _run(args)
+    except (ConversionError, ValueError, OSError) as e:  # OSError: unreadable data / tokenizer files
+        raise SystemExit("error: " + " ".join(str(e).split())) from None
+
+
+def _run(args) -> int:
+    import transformers
     from transformers import AutoTokenizer
 
     from diffpo_jax.convert.hf_import import load_hf
 
-    llm = load_hf(args.model_dir, attention_impl=args.attention_impl)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir or args.model_dir)
-    items = tasks.load_eval_items(args.task, args.data_dir, n=args.n, seed=args.seed)
-    ids = encode_prompts(args.task, items, tokenizer, args.max_prompt_length)
     base = SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
                          steps=args.steps, k=args.k, temperature=0.0, kv_cache=args.kv_cache)
     if args.rule == "eb":
-        settings = [(f"eb_g{g:g}", base.replace(gamma=g)) for g in _floats(args.gammas)]
+        settings = [(f"eb_g{g:g}", base.replace(gamma=g)) for g in args.gammas]
     elif args.rule == "threshold":
-        settings = [(f"thr{t:g}", base.replace(threshold=t)) for t in _floats(args.thresholds)]
+        settings = [(f"thr{t:g}", base.replace(threshold=t)) for t in args.thresholds]
     else:
         settings = [(args.rule, base)]
+    llm = load_hf(args.model_dir, attention_impl=args.attention_impl, param_dtype=args.param_dtype,
+                  compute_dtype=args.compute_dtype)
+    transformers.logging.set_verbosity_error()  # model-type notices about LLaDA's config.json
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir or args.model_dir, local_files_only=True,
+                                              trust_remote_code=False)  # never download or run repo code
+    items = tasks.load_eval_items(args.task, args.data_dir, n=args.n, seed=args.seed)
+    fmt = lambda it: tasks.format_prompt(args.task, it, tokenizer, "eval", args.add_reasoning,  # noqa: E731
+                                         args.prompt_style)
+    ids = encode_prompts(args.task, items, tokenizer, args.max_prompt_length, fmt)
+    longest, limit = max(len(x) for x in ids), llm.cfg.max_sequence_length
+    if longest + args.gen_length > limit:
+        raise ValueError(f"prompt length {longest} + gen_length {args.gen_length} exceeds the model's "
+                         f"max_sequence_length={limit}; try --prompt_style compact or --max_prompt_length")
     points = []
     for label, cfg in settings:
         records, summary = run_eval(llm, tokenizer, args.task, items, cfg, batch_size=args.batch_size,

@@ -146,7 +146,7 @@ def load_tokenizer(config: ml_collections.ConfigDict):
     if not os.path.isdir(path):
         raise ConfigError(f"config.model.tokenizer_dir: {path!r} is not a directory; point it (or "
                           "config.model.hf_dir) at a local tokenizer (tokenizer.json + tokenizer_config.json)")
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
 
 
 def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mesh]):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m diffpo_jax.sample", description=__doc__.splitlines()[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True,
-                   help="HF LLaDA directory: config.json, *.safetensors (+ index) and tokenizer files")
+    p.add_argument("--model_dir", required=True, type=_local_dir,
+                   help="local HF LLaDA directory: config.json, *.safetensors (+ index) and tokenizer files")
     p.add_argument("--prompt", action="append", required=True,
                    help="user message; repeat for a batch (prompts are left-padded with EOS)")
     p.add_argument("--no_chat_template", action="store_true",
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameter dtype (default bfloat16, as released)")
     m.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn", "splash"],
                    help="attention kernel: auto = splash on TPU / cuDNN on GPU where they apply, else xla")
-    m.add_argument("--mesh", default="none",
+    m.add_argument("--mesh", default=None, type=_mesh_spec,
                    help="'none' (one device, default) or 'DATA,FSDP,TP', e.g. 1,1,8; "
                         "the number of prompts must be divisible by DATA*FSDP")
     o = p.add_argument_group("output")
@@ -80,16 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _mesh(spec: str):
-    from diffpo_jax import sharding as shd
-
+def _mesh_spec(spec: str):
+    """argparse type for --mesh: 'none' -> None, 'DATA,FSDP,TP' -> (data, fsdp, tp) ints."""
     if spec == "none":
         return None
     try:
         data, fsdp, tp = (int(s) for s in spec.split(","))
     except ValueError:
-        raise SystemExit(f"--mesh {spec!r}: expected 'none' or 'DATA,FSDP,TP' (e.g. 1,1,8)")
-    return shd.make_mesh(data=data, fsdp=fsdp, tp=tp)
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected 'none' or 'DATA,FSDP,TP' (e.g. 1,1,8)") from None
+    return data, fsdp, tp
+
+
+def _local_dir(path: str) -> str:
+    """argparse type for --model_dir: a local directory (nothing is downloaded at run time)."""
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path}: not a local directory; download the checkpoint first "
+                                         "(no hub downloads at run time)")
+    return path
 
 
 def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
@@ -115,27 +123,48 @@ def format_steps(tokenizer, completion: np.ndarray, unmask_step: np.ndarray, nfe
 
 
 def main(argv: Optional[Sequence[str]] = None, loader=None) -> int:
-    """Run the CLI; `loader(model_dir, mesh=..., **overrides)` defaults to convert.hf_import.load_hf."""
+    """Run the CLI; `loader(model_dir, mesh=..., **overrides)` defaults to convert.hf_import.load_hf.
+    Bad input (sampler settings, mesh, checkpoint) ends with a one-line `error: ...`."""
     args = build_parser().parse_args(argv)
+    from diffpo_jax import distributed
+    from diffpo_jax.convert.errors import ConversionError
+
+    distributed.maybe_initialize()  # multi-host from the environment; a no-op on one host
+    try:
+        return _run(args, loader)
+    except (ConversionError, ValueError, OSError) as e:  # OSError: unreadable tokenizer files
+        raise SystemExit("error: " + " ".join(str(e).split())) from None
+
+
+def _run(args, loader) -> int:
     import jax
+    import transformers
     from transformers import AutoTokenizer
 
+    from diffpo_jax import sharding as shd
     from diffpo_jax.sampling import SamplerConfig, generate, left_pad
 
-    try:
-        cfg = SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
-                            steps=args.steps, k=args.k, threshold=args.threshold, gamma=args.gamma,
-                            temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                            use_padding_mask=args.use_padding_mask, logits_eos_inf=args.logits_eos_inf,
-                            kv_cache=args.kv_cache)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    cfg = SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
+                        steps=args.steps, k=args.k, threshold=args.threshold, gamma=args.gamma,
+                        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
+                        use_padding_mask=args.use_padding_mask, logits_eos_inf=args.logits_eos_inf,
+                        kv_cache=args.kv_cache)
     if args.steps is not None and args.rule != "fixed":
         print(f"note: --steps is ignored by --rule {args.rule} (it stops when each block is full)", file=sys.stderr)
+    mesh = None
+    if args.mesh is not None:
+        data, fsdp, tp = args.mesh
+        mesh = shd.make_mesh(data=data, fsdp=fsdp, tp=tp)
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        if len(args.prompt) % shards:
+            raise ValueError(f"--mesh {','.join(map(str, args.mesh))}: {len(args.prompt)} prompt(s) are not "
+                             f"divisible by DATA*FSDP={shards}; pass a multiple of {shards} --prompt or use "
+                             "--mesh 1,1,N (tensor parallel only)")
     if loader is None:
         from diffpo_jax.convert.hf_import import load_hf as loader
-    mesh = _mesh(args.mesh)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, trust_remote_code=False)  # never run repo code
+    transformers.logging.set_verbosity_error()  # model-type notices about LLaDA's config.json
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True,
+                                              trust_remote_code=False)  # never download or run repo code
     model = loader(args.model_dir, mesh=mesh, compute_dtype=args.compute_dtype, param_dtype=args.param_dtype,
                    attention_impl=args.attention_impl)
     ids = [encode_prompt(tokenizer, p, not args.no_chat_template) for p in args.prompt]

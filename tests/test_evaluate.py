@@ -1,8 +1,14 @@
-"""evaluate.padded_batches: one shared prompt width, or d1's per-batch width."""
+"""evaluate.padded_batches: one shared prompt width, or d1's per-batch width; the CLI: local
+directories only, one-line errors, and the shipped demo model with compact prompts."""
+import json
+
 import numpy as np
 import pytest
 
+from configs import demo_sudoku
+from diffpo_jax import evaluate
 from diffpo_jax.evaluate import padded_batches
+from diffpo_jax.sampling import RULES
 
 PROMPTS = [[1] * 3, [2] * 9, [3] * 4, [4] * 2, [5] * 5]  # lengths 3, 9, 4, 2, 5
 
@@ -28,3 +34,84 @@ def test_per_batch_width_like_d1_and_rounded_up():
 def test_negative_pad_multiple_is_refused():
     with pytest.raises(ValueError, match="pad_multiple=-1"):
         list(padded_batches(PROMPTS, 2, pad_id=0, pad_multiple=-1))
+
+
+DEMO = ["--model_dir", demo_sudoku.DEMO_MODEL, "--task", "sudoku", "--gen_length", "24", "--block_length", "24"]
+
+
+def _usage_error(capsys, argv) -> str:
+    """argparse's exit 2 and its message for `argv`."""
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_refuses_hub_ids_and_bad_flags_before_loading(capsys):
+    assert "GSAI-ML/LLaDA-8B-Instruct: not a local directory; download the checkpoint first (no hub downloads" \
+        in _usage_error(capsys, ["--model_dir", "GSAI-ML/LLaDA-8B-Instruct", "--task", "sudoku"])
+    assert "--tokenizer_dir: GSAI-ML/LLaDA-8B-Instruct: not a local directory" in _usage_error(
+        capsys, DEMO + ["--tokenizer_dir", "GSAI-ML/LLaDA-8B-Instruct"])
+    assert "/nonexistent: not a local directory" in _usage_error(capsys, ["--model_dir", "/nonexistent", "--task",
+                                                                          "sudoku"])
+    assert "invalid choice: 'EB'" in _usage_error(capsys, DEMO + ["--rule", "EB"])
+    assert "'0.1,x': expected comma-separated numbers" in _usage_error(capsys, DEMO + ["--gammas", "0.1,x"])
+    assert "--n: 0 must be >= 1" in _usage_error(capsys, DEMO + ["--n", "0"])
+    actions = {a.dest: a for a in evaluate.build_parser()._actions}
+    assert tuple(actions["rule"].choices) == RULES
+
+
+def test_cli_bad_checkpoint_and_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: .*config\.json is missing"):  # ConversionError
+        evaluate.main(["--model_dir", str(tmp_path), "--task", "sudoku"])  # an empty directory
+    with pytest.raises(SystemExit, match=r"^error: SamplerConfig: .*block_length") as e:
+        evaluate.main(["--model_dir", str(tmp_path), "--task", "sudoku", "--gen_length", "30"])  # before loading
+    assert "\n" not in str(e.value)
+    # d1's long prompts do not fit the demo model: said before decoding, with the fix
+    with pytest.raises(SystemExit, match=r"^error: prompt length \d+ \+ gen_length 24 exceeds the model's "
+                                         r"max_sequence_length=128; try --prompt_style compact"):
+        evaluate.main(DEMO + ["--n", "2", "--out_dir", str(tmp_path / "out")])
+
+
+def test_cli_evaluates_the_shipped_demo_model(tmp_path, monkeypatch):
+    """README's command for the demo model (compact prompts, no <reasoning> prefill) on 2 puzzles,
+    equal to run_eval with the demo's own prompts; the tokenizer is read with local_files_only."""
+    from transformers import AutoTokenizer
+
+    from diffpo_jax import tasks
+    from diffpo_jax.convert.hf_import import load_hf
+    from diffpo_jax.sampling import SamplerConfig
+
+    calls, original = [], AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda path, **kw: calls.append(kw) or original(path, **kw))
+    out = tmp_path / "eval"
+    argv = DEMO + ["--prompt_style", "compact", "--no-add_reasoning", "--n", "2", "--batch_size", "2", "--gammas",
+                   "0.3", "--param_dtype", "float32", "--compute_dtype", "float32", "--out_dir", str(out)]
+    assert evaluate.main(argv) == 0
+    assert calls and all(kw.get("local_files_only") is True for kw in calls)
+    (point,) = json.load(open(out / "summary.json"))
+    assert point["label"] == "eb_g0.3" and point["n"] == 2 and 1 <= point["nfe_mean"] <= 24
+    records = [json.loads(line) for line in open(out / "sudoku_eb_g0.3.jsonl")]
+    # the same evaluation through the library, with the prompts demo.run_demo builds
+    llm = load_hf(demo_sudoku.DEMO_MODEL, param_dtype="float32", compute_dtype="float32")
+    tok = original(demo_sudoku.DEMO_MODEL)
+    items = tasks.load_eval_items("sudoku", n=2)
+    ids = evaluate.encode_prompts("sudoku", items, tok, 0,
+                                  lambda it: tasks.format_prompt("sudoku", it, tok, "eval", False, "compact"))
+    assert max(map(len, ids)) <= demo_sudoku.get_config().task.max_prompt_length
+    direct, summary = evaluate.run_eval(llm, tok, "sudoku", items, SamplerConfig(
+        rule="eb", gamma=0.3, gen_length=24, block_length=24), batch_size=2, prompt_ids=ids, progress=False)
+    assert [(r["completion"], r["nfe"]) for r in records] == [(r["completion"], r["nfe"]) for r in direct]
+    assert point["accuracy"] == summary["accuracy"]
+
+
+def test_cli_starts_multi_host_first(monkeypatch):
+    """main() calls distributed.maybe_initialize() (a no-op on one host) before loading anything."""
+    from diffpo_jax import distributed
+
+    def init():
+        raise RuntimeError("maybe_initialize called")
+
+    monkeypatch.setattr(distributed, "maybe_initialize", init)
+    with pytest.raises(RuntimeError, match="maybe_initialize called"):
+        evaluate.main(DEMO)

@@ -80,3 +80,55 @@ def test_cli_choice_lists_match_the_library():
     actions = {a.dest: a for a in sample.build_parser()._actions}
     assert tuple(actions["attention_impl"].choices) == ATTENTION_IMPLS
     assert tuple(actions["kv_cache"].choices) == tuple(KV_CACHES)
+
+
+def test_cli_refuses_a_hub_id_without_network(capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--model_dir", "GSAI-ML/LLaDA-8B-Instruct", "--prompt", "hi"])
+    assert e.value.code == 2
+    assert ("--model_dir: GSAI-ML/LLaDA-8B-Instruct: not a local directory; download the checkpoint first "
+            "(no hub downloads at run time)") in capsys.readouterr().err
+
+
+def test_cli_mesh_mistakes_are_one_line_errors(model_dir, capsys):
+    """8 fake devices (conftest): a bad spec is a usage error; a mesh that does not fit the devices
+    or the prompts is `error: ...`, said before the model is loaded."""
+    def never(*a, **k):
+        raise AssertionError("the model must not be loaded")
+
+    base = ["--model_dir", model_dir, "--prompt", "w1"]
+    with pytest.raises(SystemExit) as e:
+        sample.main(base + ["--mesh", "1,8"])
+    assert e.value.code == 2 and "expected 'none' or 'DATA,FSDP,TP'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"^error: --mesh 1,8,1: 1 prompt\(s\) are not divisible by DATA\*FSDP=8"):
+        sample.main(base + ["--mesh", "1,8,1"], loader=never)
+    with pytest.raises(SystemExit, match=r"^error: mesh shape data=1 fsdp=3 tp=1 needs 3 devices, but 8"):
+        sample.main(base + ["--mesh", "1,3,1"], loader=never)
+
+
+def test_cli_reads_the_tokenizer_locally_and_reports_bad_checkpoints(model_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from diffpo_jax.convert.errors import ConversionError
+
+    calls, original = [], AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda path, **kw: calls.append(kw) or original(path, **kw))
+
+    def broken(model_dir, **kw):
+        raise ConversionError(f"{model_dir}: tensor 'x' is missing\n(second line)")
+
+    with pytest.raises(SystemExit, match=r"^error: .*tensor 'x' is missing \(second line\)$"):
+        sample.main(["--model_dir", model_dir, "--prompt", "w1"], loader=broken)
+    assert calls == [{"local_files_only": True, "trust_remote_code": False}]
+
+
+def test_cli_starts_multi_host_first(model_dir, monkeypatch):
+    """main() calls distributed.maybe_initialize() (a no-op on one host) before touching a device."""
+    from diffpo_jax import distributed
+
+    def init():
+        raise RuntimeError("maybe_initialize called")
+
+    monkeypatch.setattr(distributed, "maybe_initialize", init)
+    with pytest.raises(RuntimeError, match="maybe_initialize called"):
+        sample.main(["--model_dir", model_dir, "--prompt", "w1", "--mesh", "1,1,8"])
