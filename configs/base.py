@@ -96,7 +96,7 @@ def get_config():
     c.eval.block_length = 32
     c.eval.steps = 128
     c.eval.gamma = 0.1
-    c.eval.gammas = (0.1,)         # fixed-gamma sweep for the Pareto plot
+    c.eval.gammas = (0.1,)         # fixed-gamma sweep of the demo's before/after Pareto plot (demo.py; train ignores it)
     c.eval.kv_cache = "none"       # none | prefix | dual (bench/kv_cache_demo.py: its accuracy cost)
     c.eval.pad_multiple = 0        # 0: one prompt width for all (one compile); m: per batch, rounded up to m (1 = d1)
     return c
