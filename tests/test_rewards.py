@@ -168,7 +168,7 @@ def test_math_equivalences():
 
 # sympy-layer regressions: letter-only answers compared by their letters alone, hedged or
 # juxtaposed answers read as products, free symbols sampled only at positive points
-SYMPY_DIFFERENT = [("\\cot x", "-\\cot x"), ("-(p - q)", "p - q"), ("\\text{east}", "\\text{seat}"),
+SYMPY_DIFFERENT = [("2\\mathbf{v}", "2"), ("\\cot x", "-\\cot x"), ("-(p - q)", "p - q"), ("\\text{east}", "\\text{seat}"),
                    ("-\\text{Evelyn}", "\\text{Evelyn}"), ("1 \\text{ or } 6", "6"), ("2 \\text{ and } 3", "6"),
                    ("5 \\text{ or } -5", "0"), ("x \\text{ or } y", "xy"), ("2 3", "6"), ("4{10}", "40"),
                    ("\\frac{1}{2}3", "\\frac{3}{2}"), ("|x|", "x"), ("\\sqrt{x^2}", "x"),

@@ -50,6 +50,7 @@ _REPLACE = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cdot", "*"), ("\\t
             ("\\div", "/"), ("\\le ", "<"), ("\\ge ", ">"), ("\\dots", ""), ("\\ldots", "")]
 TEXT_CMDS = ("\\text", "\\textbf", "\\textit", "\\textrm", "\\mbox", "\\mathrm", "\\mathbf",
               "\\operatorname", "\\boldsymbol", "\\mathit")
+_UNIT_CMDS = ("\\text", "\\textrm", "\\mbox", "\\mathrm")  # may hold a unit; \mathbf{v} is a symbol
 _UNIT = re.compile(r"[A-Za-z ]+")
 _UNIT_END = re.compile(r"(?:\^\{?[23]\}?)?(?=\s*(?:\.?\s*\Z|[,)\]]))")  # [^2|^3] then end, `,` `)` `]`
 _CONNECTIVE = re.compile(r"\b(?:or|and|nor|either|but|also|then|versus|vs)\b", re.IGNORECASE)
@@ -71,7 +72,8 @@ def _brace_end(s: str, open_at: int) -> int:
 
 
 def _unwrap_text(s: str) -> str:
-    """`\\text{x}` -> `x`. A purely alphabetic `\\text{ cm}` next to other content is a unit and
+    """`\\text{x}` -> `x`. A purely alphabetic `\\text{ cm}` (`\\text`, `\\textrm`, `\\mbox`,
+    `\\mathrm`; not `\\mathbf{v}`, a symbol) next to other content is a unit and
     is dropped (with a following `^2` / `^3`) when it ends the answer or a list item (`,`, `)`,
     `]` follows); one holding `or` / `and`-like words (`1 \\text{ or } 6`) is a ParseError."""
     for _ in range(20):
@@ -82,7 +84,7 @@ def _unwrap_text(s: str) -> str:
         j = _brace_end(s, i + len(cmd))
         content = s[i + len(cmd) + 1:j]
         rest = s[:i] + s[j + 1:]
-        if rest.strip() and _UNIT.fullmatch(content) and content.strip():
+        if cmd in _UNIT_CMDS and rest.strip() and _UNIT.fullmatch(content) and content.strip():
             if _CONNECTIVE.search(content):
                 raise ParseError("several answers joined by words")
             unit = _UNIT_END.match(s, j + 1)
