@@ -104,9 +104,11 @@ def _logged_step(line: str) -> float:
 
 
 def _mean_metrics(per_inner: list[dict]) -> dict:
-    """Average the train step's scalar metrics over the μ inner iterations (host floats)."""
+    """The train step's scalar metrics over the μ inner iterations (host floats): `*_max` keys
+    (ratio_max, is_weight_max, mu_max, ...) their maximum, `*_min` their minimum, the rest the mean."""
     host = jax.tree.map(float, distributed.host_tree(per_inner))  # one sync for all inner steps
-    return {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+    reduce = lambda k: np.max if k.endswith("_max") else np.min if k.endswith("_min") else np.mean  # noqa: E731
+    return {f"train/{k}": float(reduce(k)([m[k] for m in host])) for k in host[0]}
 
 
 def _eval_items(config) -> list[dict]:

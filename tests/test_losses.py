@@ -64,6 +64,19 @@ def test_policy_loss_matches_numpy(method, agg, unit):
     assert float(out.metrics["clip_frac"].total) > 0  # ε = 0.2 with these ratios clips some tokens
 
 
+def test_infinite_log_probs_outside_the_completion_do_not_poison_the_loss():
+    lp, old, ref, beh, adv, mask, steps = make_inputs()
+    bad = ~mask
+    lp_bad, ref_bad, beh_bad = (np.where(bad, v, x) for x, v in ((lp, -np.inf), (ref, -5.0), (beh, -np.inf)))
+    cfg = RLConfig(method="2mf_is", epsilon=0.2, beta=0.04, clamp_c=2.0)
+    args = lambda p: tuple(map(jnp.asarray, (p, old, ref_bad, beh_bad, adv, mask, steps)))  # noqa: E731
+    loss = lambda p: (lambda o: o.loss_sum / o.denom)(L.get_policy_loss("2mf_is")(*args(p), cfg))  # noqa: E731
+    value, grad = jax.value_and_grad(loss)(jnp.asarray(lp_bad))
+    want = np_policy_loss(lp, old, ref, beh, adv, mask, steps, cfg, use_is=True)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert np.isfinite(np.asarray(grad)).all() and not np.asarray(grad)[bad].any()
+
+
 def test_group_advantages():
     r = jnp.array([1.0, 0.0, 0.5, 2.0, 2.0, 2.0])
     np.testing.assert_allclose(L.group_advantages(r, 3), [0.5, -0.5, 0.0, 0, 0, 0], atol=1e-6)

@@ -174,6 +174,14 @@ def test_cli_mistakes_give_one_line_errors(tmp_path):
     assert r.returncode == 0 and '--config.rl.joint_sampler=true' in r.stdout.splitlines(), r.stdout[-2000:]
 
 
+def test_inner_step_metrics_keep_maxima_and_minima():
+    from diffpo_jax.train import _mean_metrics
+
+    out = _mean_metrics([{"loss": 1.0, "is_weight_max": 2.0, "mu_min": 0.3},
+                         {"loss": 3.0, "is_weight_max": 1.5, "mu_min": 0.1}])
+    assert out == {"train/loss": 2.0, "train/is_weight_max": 2.0, "train/mu_min": 0.1}
+
+
 def test_metrics_log_resume_drops_later_and_torn_lines(tmp_path):
     from diffpo_jax.train import MetricsLog
 

@@ -128,6 +128,8 @@ def test_micro_batched_step_equals_full_batch(joint_run):
     for k in metrics0:
         np.testing.assert_allclose(metrics[k], metrics0[k], rtol=1e-4, atol=1e-6, err_msg=k)
     assert float(metrics0["clip_frac"]) > 0 and float(metrics0["kl"]) > 0 and int(metrics0["skipped"]) == 0
+    np.testing.assert_allclose(np.hypot(metrics0["grad_norm_lora"], metrics0["grad_norm_head"]),
+                               metrics0["grad_norm"], rtol=1e-5)
 
 
 def test_sharded_step_equals_single_device(joint_run):
@@ -250,6 +252,33 @@ def test_diffpo_learns_synthetic_reward():
     r1 = float(expected_reward(trainable))
     assert r1 > r0 + 0.3, (r0, r1, rewards)
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2])
+
+
+def test_lora_and_head_are_clipped_by_their_own_norms():
+    from diffpo_jax.rl.train_step import clip_by_group_norm
+
+    grads = {"head": {"w": jnp.full(4, 50.0)}, "llm": {"lora_a": jnp.array([0.03, 0.04])}}
+    out, _ = clip_by_group_norm(0.2).update(grads, optax.EmptyState())
+    np.testing.assert_allclose(out["llm"]["lora_a"], [0.03, 0.04])  # norm 0.05 < 0.2: untouched
+    np.testing.assert_allclose(jnp.linalg.norm(out["head"]["w"]), 0.2, rtol=1e-6)
+    lora_only = {"llm": {"a": jnp.array([3.0, 4.0]), "b": jnp.array([12.0])}}
+    ref, _ = optax.clip_by_global_norm(0.2).update(lora_only, optax.EmptyState())
+    tree_close(clip_by_group_norm(0.2).update(lora_only, optax.EmptyState())[0], ref)
+
+
+def test_rollout_rewards_see_text_without_special_tokens():
+    from transformers import AutoTokenizer
+
+    from diffpo_jax.experiment import TINY_TOKENIZER
+    from diffpo_jax.rl.rollout import decode_completions
+    from diffpo_jax.tasks import gsm8k
+
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER, local_files_only=True)
+    text = "<reasoning>\nx\n</reasoning>\n<answer>\n42\n</answer>\n"
+    ids = tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|eot_id|>"), tok.eos_token_id]
+    (decoded,) = decode_completions(tok, np.array([ids]), np.ones((1, len(ids)), bool))
+    assert decoded == text  # as d1's trainer decodes: the strict format reward (`</answer>\n$`) can fire
+    assert gsm8k.reward_components(decoded, {"answer": "42"})["strict_format"] == 0.5
 
 
 def test_head_lr_scale_scales_only_head_steps():

@@ -128,6 +128,11 @@ def diffpo_policy_loss(logp, old_logp, ref_logp, behaviour_logp, advantages, com
     unmask_step `[B, L]` int32, cfg: RLConfig (epsilon, beta, clamp_c, loss_agg, ratio_unit).
     """
     m = completion_mask.astype(jnp.float32)
+    # Positions outside the completion are zeroed before any arithmetic: masking by `* m`
+    # afterwards would turn an inf there (a -inf log-prob after EOS) into NaN (inf · 0).
+    valid = completion_mask.astype(bool)
+    logp, old_logp, behaviour_logp = (jnp.where(valid, x, 0.0) for x in (logp, old_logp, behaviour_logp))
+    ref_logp = None if ref_logp is None else jnp.where(valid, ref_logp, 0.0)
     adv = advantages.astype(jnp.float32)[:, None]
     old_logp = jax.lax.stop_gradient(old_logp)
     log_ratio = (logp - old_logp) * m
