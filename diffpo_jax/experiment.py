@@ -109,6 +109,15 @@ def sampler_config(section: ml_collections.ConfigDict, model_cfg: llada.LLaDACon
                           eos_token_id=model_cfg.eos_token_id, **extra)
 
 
+def check_rollout_input(rl: RLConfig, sampler: SamplerConfig) -> None:
+    """ConfigError when rollouts and the likelihoods that score them would feed the model
+    different inputs: with padding masked in one and not the other, ρ and w != 1 at θ = θ_old."""
+    if rl.use_padding_mask != sampler.use_padding_mask:
+        raise ConfigError(f"config.rl.use_padding_mask={rl.use_padding_mask} but config.sampler.use_padding_mask="
+                          f"{sampler.use_padding_mask}: the rollout sampler and the likelihoods that score its "
+                          "completions must see the same model input; set both to the same value")
+
+
 def behaviour_logp_warnings(rl: RLConfig, sampler: SamplerConfig) -> list[str]:
     """Rollout settings under which an IS method's behaviour log-probs are not the surrogate's
     own computation (so w != 1 even where the 2-MF context is exact). Allowed, but said."""

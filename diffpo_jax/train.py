@@ -273,6 +273,7 @@ def _build(config):
     mesh = experiment.build_mesh(config)
     llm, tokenizer = experiment.build_llm(config, mesh)
     sampler_cfg = experiment.sampler_config(config.sampler, llm.cfg)
+    experiment.check_rollout_input(rl_cfg, sampler_cfg)
     policy = experiment.build_policy(llm, rl_cfg, int(config.seed))
     return rl_cfg, mesh, tokenizer, sampler_cfg, policy, init_train_state(policy, rl_cfg, mesh)
 

@@ -90,6 +90,17 @@ def test_propose_greedy_and_gumbel_frequencies():
     assert np.all(np.isfinite(np.asarray(prop.entropy)))
 
 
+def test_gumbel_noise_reaches_the_far_tail():
+    # fp32 Gumbels from a 23-bit uniform stop at ≈ 15.94, so a token > 16 logits below the leader
+    # could never be sampled; propose draws mode="high" noise (as LLaDA draws float64 noise).
+    key, shape = jax.random.key(3), (1, 64, 512)
+    prop = rules.propose(jnp.zeros(shape), key, jnp.ones(1))
+    high = jax.random.gumbel(key, shape, jnp.float32, mode="high")
+    np.testing.assert_array_equal(np.asarray(prop.tokens), np.asarray(jnp.argmax(high, -1)))
+    low = jax.random.gumbel(jax.random.key(0), (2_000_000,), jnp.float32)
+    assert float(low.max()) < 15.95  # the cut-off that mode="high" avoids
+
+
 def test_completion_mask_and_left_pad():
     comp = jnp.array([[5, 9, 7, 9], [1, 2, 3, 4], [9, 9, 1, 1]])
     assert np.asarray(completion_mask(comp, 9)).astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]

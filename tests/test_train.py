@@ -109,6 +109,10 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="TASK,METHOD"):
         llada8b.get_config("gsm8k")
     c = base.get_config()
+    c.rl.use_padding_mask = True  # scoring masked, rollouts not: IS weights != 1 at θ = θ_old
+    with pytest.raises(experiment.ConfigError, match=r"config\.rl\.use_padding_mask=True but config\.sampler"):
+        experiment.check_rollout_input(experiment.rl_config(c), experiment.sampler_config(c.sampler, llada.tiny()))
+    c = base.get_config()
     c.task.name = "gsm9k"
     with pytest.raises(experiment.ConfigError, match=r"config\.task\.name='gsm9k': unknown task"):
         experiment.check_task(c)

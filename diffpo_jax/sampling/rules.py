@@ -27,7 +27,10 @@ class Proposal(NamedTuple):
 def propose(logits: jax.Array, key: jax.Array, temperature: jax.Array, never: Optional[int] = None) -> Proposal:
     """Gumbel-max proposals. logits `[B, N, V]` (any float dtype; computed in fp32),
     temperature `[B]` f32 (0 = greedy). argmax(logits/T + g), g ~ Gumbel(0, 1), samples
-    from softmax(logits / T); this equals LLaDA's float64 `exp(logits) / (-log u)^T`.
+    from softmax(logits / T), as LLaDA's float64 `exp(logits) / (-log u)^T` does. The noise is
+    drawn with `mode="high"`: fp32 Gumbels from a 23-bit uniform stop at ≈ 15.9, which never
+    samples a token more than ~16 logits below the leader (with a 126k vocabulary such tails
+    hold ~1% of the mass); LLaDA uses float64 for the same reason (arXiv 2409.02908).
 
     `never` (the mask id): a token id that is never proposed. Revealing M would leave the
     position masked, so it could be "revealed" again or stall a threshold / EB block
@@ -38,7 +41,7 @@ def propose(logits: jax.Array, key: jax.Array, temperature: jax.Array, never: Op
     t = temperature.astype(jnp.float32)[:, None, None]
     greedy = t <= 0
     safe_t = jnp.where(greedy, 1.0, t)
-    gumbel = jax.lax.cond(jnp.any(~greedy), lambda: jax.random.gumbel(key, lf.shape, jnp.float32),
+    gumbel = jax.lax.cond(jnp.any(~greedy), lambda: jax.random.gumbel(key, lf.shape, jnp.float32, mode="high"),
                           lambda: jnp.zeros(lf.shape, jnp.float32))  # all-greedy batches draw no noise
     noisy = jnp.where(greedy, lf, lf / safe_t + gumbel)
     if never is not None and 0 <= never < lf.shape[-1]:
