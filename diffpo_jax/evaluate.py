@@ -30,6 +30,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from diffpo_jax import distributed, tasks
+from diffpo_jax.cli_types import floats, local_dir, positive_int
 from diffpo_jax.convert.errors import ConversionError
 from diffpo_jax.distributed import from_host, host_value
 from diffpo_jax.models.attention import ATTENTION_IMPLS
@@ -149,54 +150,24 @@ def plot_pareto(points: Sequence[dict], path: str, title: str = "accuracy vs NFE
     return path
 
 
-def _floats(s: str) -> list[float]:
-    """argparse type: '0.05,0.1,0.3' -> [0.05, 0.1, 0.3] (at least one number)."""
-    try:
-        out = [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated numbers, e.g. 0.05,0.1,0.3") from None
-    if not out:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected at least one number")
-    return out
-
-
-def _positive_int(s: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} must be >= 1")
-    return n
-
-
-def _local_dir(path: str) -> str:
-    """argparse type for --model_dir / --tokenizer_dir: a local directory (no hub downloads)."""
-    if not os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path}: not a local directory; download the checkpoint first "
-                                         "(no hub downloads at run time)")
-    return path
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m diffpo_jax.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True, type=_local_dir,
+    p.add_argument("--model_dir", required=True, type=local_dir,
                    help="local HF-format LLaDA directory (config.json, safetensors, tokenizer); never downloaded")
-    p.add_argument("--tokenizer_dir", type=_local_dir, default=None,
+    p.add_argument("--tokenizer_dir", type=local_dir, default=None,
                    help="local tokenizer directory (default: --model_dir)")
     p.add_argument("--task", required=True, choices=sorted(tasks.TASKS))
     p.add_argument("--data_dir", default=None, help="benchmark data dir (default: $DIFFPO_DATA_DIR or ../shared/data)")
-    p.add_argument("--n", type=_positive_int, default=None, help="number of items (default: d1's evaluation subset)")
+    p.add_argument("--n", type=positive_int, default=None, help="number of items (default: d1's evaluation subset)")
     p.add_argument("--prompt_style", default="d1", choices=["d1", "compact"],
                    help="d1's prompts (default) or the short 'compact' ones the tiny demo model was trained on")
     p.add_argument("--add_reasoning", action=argparse.BooleanOptionalAction, default=True,
                    help="append the '<reasoning>' prefill after the chat template (default on, as d1's "
                         "evaluation; the demo model wants --no-add_reasoning)")
     p.add_argument("--rule", default="eb", choices=RULES, help="sampler rule (default eb)")
-    p.add_argument("--gammas", type=_floats, default=[0.1], help="comma-separated EB gammas to sweep (rule eb)")
-    p.add_argument("--thresholds", type=_floats, default=[0.9],
+    p.add_argument("--gammas", type=floats, default=[0.1], help="comma-separated EB gammas to sweep (rule eb)")
+    p.add_argument("--thresholds", type=floats, default=[0.9],
                    help="comma-separated thresholds to sweep (rule threshold)")
     p.add_argument("--gen_length", type=int, default=256)
     p.add_argument("--block_length", type=int, default=32)
@@ -210,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameter dtype (default bfloat16; the demo model is float32)")
     p.add_argument("--compute_dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="activation dtype (default bfloat16)")
-    p.add_argument("--batch_size", type=_positive_int, default=16)
+    p.add_argument("--batch_size", type=positive_int, default=16)
     p.add_argument("--pad_multiple", type=int, default=0,
                    help="0: pad every prompt to the longest of the benchmark (one compile); m >= 1: pad each "
                         "batch to its longest prompt rounded up to a multiple of m (1 = d1's eval, with "

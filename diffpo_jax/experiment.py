@@ -163,30 +163,27 @@ def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mes
     else a random-init `config.model.preset` (tests, benchmarks)."""
     overrides = model_overrides(config)
     seed = int(config.seed)
+    if config.model.hf_dir and not os.path.isdir(config.model.hf_dir):
+        raise ConfigError(f"config.model.hf_dir: {config.model.hf_dir!r} is not a directory; convert or "
+                          "download the checkpoint first (README: Converting a real checkpoint)")
+    tokenizer = load_tokenizer(config)
     if config.model.hf_dir:
         from diffpo_jax.convert.hf_import import load_hf
 
-        if not os.path.isdir(config.model.hf_dir):
-            raise ConfigError(f"config.model.hf_dir: {config.model.hf_dir!r} is not a directory; convert or "
-                              "download the checkpoint first (README: Converting a real checkpoint)")
-        llm = load_hf(config.model.hf_dir, mesh, seed=seed, **overrides)
-    else:
-        try:
-            cfg = llada.get_preset(config.model.preset, **overrides)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"config.model: {e}") from None
-        tokenizer = load_tokenizer(config)
-        if cfg.mask_token_id >= len(tokenizer):  # e.g. llada_8b_instruct with the tiny demo tokenizer
-            raise ConfigError(
-                f"config.model.hf_dir is empty, so this would train a randomly initialised "
-                f"{config.model.preset!r} model, and its mask token id {cfg.mask_token_id} is outside the "
-                f"{len(tokenizer)}-token tokenizer {tokenizer.name_or_path!r}; set "
-                "--config.model.hf_dir=/path/to/LLaDA-8B-Instruct (or config.model.tokenizer_dir for a "
-                "deliberate random-init run)")
-        make = lambda: llada.LLaDA(cfg, rngs=nnx.Rngs(seed))  # noqa: E731
-        llm = shd.create_sharded(make, mesh) if mesh is not None else make()
-        return llm, tokenizer
-    return llm, load_tokenizer(config)
+        return load_hf(config.model.hf_dir, mesh, seed=seed, **overrides), tokenizer
+    try:
+        cfg = llada.get_preset(config.model.preset, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.model: {e}") from None
+    if cfg.mask_token_id >= len(tokenizer):  # e.g. llada_8b_instruct with the tiny demo tokenizer
+        raise ConfigError(
+            f"config.model.hf_dir is empty, so this would train a randomly initialised "
+            f"{config.model.preset!r} model, and its mask token id {cfg.mask_token_id} is outside the "
+            f"{len(tokenizer)}-token tokenizer {tokenizer.name_or_path!r}; set "
+            "--config.model.hf_dir=/path/to/LLaDA-8B-Instruct (or config.model.tokenizer_dir for a "
+            "deliberate random-init run)")
+    make = lambda: llada.LLaDA(cfg, rngs=nnx.Rngs(seed))  # noqa: E731
+    return (shd.create_sharded(make, mesh) if mesh is not None else make()), tokenizer
 
 
 def build_policy(llm: llada.LLaDA, rl_cfg: RLConfig, seed: int = 0) -> Policy:

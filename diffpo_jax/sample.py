@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Optional, Sequence
 
 import numpy as np
+
+from diffpo_jax.cli_types import local_dir
 
 EPILOG = """\
 rules (all decode --gen_length tokens in --block_length blocks, left to right):
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m diffpo_jax.sample", description=__doc__.splitlines()[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True, type=_local_dir,
+    p.add_argument("--model_dir", required=True, type=local_dir,
                    help="local HF LLaDA directory: config.json, *.safetensors (+ index) and tokenizer files")
     p.add_argument("--prompt", action="append", required=True,
                    help="user message; repeat for a batch (prompts are left-padded with EOS)")
@@ -90,14 +91,6 @@ def _mesh_spec(spec: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"{spec!r}: expected 'none' or 'DATA,FSDP,TP' (e.g. 1,1,8)") from None
     return data, fsdp, tp
-
-
-def _local_dir(path: str) -> str:
-    """argparse type for --model_dir: a local directory (nothing is downloaded at run time)."""
-    if not os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path}: not a local directory; download the checkpoint first "
-                                         "(no hub downloads at run time)")
-    return path
 
 
 def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:

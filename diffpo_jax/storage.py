@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 from etils import epath
 
@@ -49,9 +50,19 @@ def write_text(path: str, text: str) -> None:
     if is_uri(path):
         epath.Path(path).write_text(text)
         return
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    write_atomic(path, write)
+
+
+def write_atomic(path: str, write: Callable[[str], None]) -> None:
+    """`write(tmp)` into `<path>.partial`, then rename it to the local `path`: a crash leaves
+    the old file or the new one, never half of one."""
     tmp = f"{path}.partial"
-    with open(tmp, "w") as f:
-        f.write(text)
+    write(tmp)
     os.replace(tmp, path)
 
 

@@ -34,73 +34,13 @@ from tqdm import tqdm
 
 from diffpo_jax import distributed, evaluate, experiment, storage, tasks
 from diffpo_jax.checkpointing import CheckpointMismatch, Checkpointer
+from diffpo_jax.metrics_log import MetricsLog
 from diffpo_jax.models.threshold_head import Policy, save_threshold_head
 from diffpo_jax.rl.likelihood import inner_key
 from diffpo_jax.rl.rollout import adaptive_gamma_fn, rollout
 from diffpo_jax.rl.train_step import init_train_state, make_score_fn, make_train_step
 from diffpo_jax.sampling import make_sampler
 from diffpo_jax.tasks.data import grpo_dataset
-
-
-class MetricsLog:
-    """Metrics to `<out_dir>/metrics.jsonl` and TensorBoard (`<out_dir>/tb`); on resume both drop
-    what the earlier run logged after `resume_step`."""
-
-    def __init__(self, out_dir: str, resume_step: int = 0, tensorboard: bool = True):
-        self.path = os.path.join(out_dir, "metrics.jsonl")
-        self.primary = distributed.is_primary()
-        self.tb = None
-        self.lines: list[str] = []  # the whole log: a bucket object cannot be appended to, only rewritten
-        if not self.primary:
-            return
-        storage.makedirs(out_dir)
-        if storage.exists(self.path):
-            self.lines = [ln for ln in storage.read_text(self.path).splitlines(keepends=True)
-                          if _logged_step(ln) <= resume_step]
-        storage.write_text(self.path, "".join(self.lines))
-        if tensorboard:
-            self.tb = _summary_writer(os.path.join(out_dir, "tb"), resume_step)
-
-    def write(self, step: int, metrics: dict) -> None:
-        if not self.primary:
-            return
-        line = json.dumps({"step": step, **metrics}) + "\n"
-        self.lines.append(line)
-        if storage.is_uri(self.path):
-            storage.write_text(self.path, "".join(self.lines))
-        else:
-            with open(self.path, "a") as f:
-                f.write(line)
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _summary_writer(tb_dir: str, resume_step: int):
-    """A tensorboardX writer; purge_step makes TensorBoard drop the earlier run's events after
-    the resumed step."""
-    from tensorboardX import SummaryWriter
-
-    try:
-        return SummaryWriter(tb_dir, purge_step=resume_step + 1 if resume_step else None)
-    except ImportError as e:  # gs:// / s3:// event files need google-cloud-storage / boto3
-        raise experiment.ConfigError(f"config.train.tensorboard: cannot write events to {tb_dir} ({e}); install "
-                                     "it (pip install -e '.[gcs]') or set --config.train.tensorboard=False") from None
-
-
-def _logged_step(line: str) -> float:
-    """The step of one metrics.jsonl line; inf for a blank or torn line (a crash mid-write), so
-    the resume drops it."""
-    try:
-        return float(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return float("inf")
 
 
 def _mean_metrics(per_inner: list[dict]) -> dict:
@@ -230,6 +170,7 @@ class TrainResult(NamedTuple):
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):
@@ -239,6 +180,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def flat_config(config: ml_collections.ConfigDict) -> dict:
+    """{'section.field': JSON value} of `config` (as `<out_dir>/config.json` stores it)."""
+    return _flat(json.loads(config.to_json_best_effort()))
+
+
 def config_changes(out_dir: str, config: ml_collections.ConfigDict) -> list[str]:
     """'field: saved -> now' for every field where `config` differs from the run's
     `<out_dir>/config.json` (written at the run's first start); [] if there is none."""
@@ -246,7 +192,7 @@ def config_changes(out_dir: str, config: ml_collections.ConfigDict) -> list[str]
     if not storage.exists(path):
         return []
     saved = _flat(json.loads(storage.read_text(path)))
-    now = _flat(json.loads(config.to_json_best_effort()))
+    now = flat_config(config)
     return [f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"
             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
 
@@ -353,9 +299,9 @@ def export_checkpoint(config: ml_collections.ConfigDict, step: int = -1) -> str:
     ts = _build(config)[-1]
     out_dir = config.train.out_dir
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), int(config.train.keep), async_save=False)
-    if ckpt.latest_step() is None:
-        raise experiment.ConfigError(f"config.train.out_dir={out_dir}: no committed checkpoint in {ckpt.directory}")
     steps = ckpt.all_steps()
+    if not steps:
+        raise experiment.ConfigError(f"config.train.out_dir={out_dir}: no committed checkpoint in {ckpt.directory}")
     if step != -1 and step not in steps:
         raise experiment.ConfigError(f"--export_step={step}: {ckpt.directory} holds steps {steps}")
     step, trainable, _, _ = restore_checkpoint(ckpt, ts, config, None if step == -1 else step)
@@ -410,7 +356,7 @@ def main(argv) -> None:
     distributed.maybe_initialize()
     config = experiment.config_flag_value(_CONFIG)
     if _SHOW_CONFIG.value:
-        for key, value in _flat(json.loads(config.to_json_best_effort())).items():
+        for key, value in flat_config(config).items():
             print(f"--config.{key}={json.dumps(value)}")
         return
     if distributed.is_primary():

@@ -39,11 +39,16 @@ SUPPORTED_SWITCHES = {
     "clip_qkv": (None,),
     "block_group_size": (1,),
 }
-# keys that must hold a positive integer / a positive number when present and not null.
-INT_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "embedding_size", "vocab_size",
-            "max_sequence_length")
-NUMBER_KEYS = ("mlp_ratio", "rope_theta", "rms_norm_eps")
-TOKEN_KEYS = ("mask_token_id", "eos_token_id", "pad_token_id")
+# (keys, what they must hold, test) for values present and not null.
+_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+VALUE_RULES = (
+    (("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "embedding_size", "vocab_size",
+      "max_sequence_length"), "a positive integer", lambda v: _is_int(v) and v > 0),
+    (("mlp_ratio", "rope_theta", "rms_norm_eps"), "a positive number",
+     lambda v: (_is_int(v) or isinstance(v, float)) and v > 0),
+    (("mask_token_id", "eos_token_id", "pad_token_id"), "a token id (a non-negative integer)",
+     lambda v: _is_int(v) and v >= 0),
+)
 REQUIRED = ("d_model", "n_layers", "n_heads")
 LLADA_MASK_ID = 126336
 
@@ -83,24 +88,14 @@ def read_config(model_dir: str) -> dict:
 
 def _check_types(hf: dict, source: str) -> None:
     """ConversionError naming the key for a value of the wrong type (e.g. "d_model": "4096")."""
-    def bad(key, want):
-        raise ConversionError(f"{source}: {key}={hf[key]!r} ({type(hf[key]).__name__}); expected {want}")
-
     if hf.get("mlp_hidden_size") is None and "mlp_ratio" in hf and hf["mlp_ratio"] is None:
         raise ConversionError(f"{source}: mlp_hidden_size and mlp_ratio are both null; set mlp_hidden_size "
                               "(LLaDA-8B: 12288)")
-    for key in INT_KEYS:
-        v = hf.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            bad(key, "a positive integer")
-    for key in NUMBER_KEYS:
-        v = hf.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-            bad(key, "a positive number")
-    for key in TOKEN_KEYS:
-        v = hf.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            bad(key, "a token id (a non-negative integer)")
+    for keys, want, ok in VALUE_RULES:
+        for key in keys:
+            v = hf.get(key)
+            if v is not None and not ok(v):
+                raise ConversionError(f"{source}: {key}={v!r} ({type(v).__name__}); expected {want}")
 
 
 def _resolved(hf: dict) -> dict:

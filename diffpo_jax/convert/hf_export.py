@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from diffpo_jax import storage
 from diffpo_jax.convert import mapping
 from diffpo_jax.convert.errors import ConversionError
 from diffpo_jax.convert.hf_config import config_to_hf
@@ -225,10 +226,7 @@ def save_peft_adapter(model: LLaDA, out_dir: str, base_model_name_or_path: Optio
     }
     if jax.process_index() == 0:  # each file written under a temporary name, then renamed
         os.makedirs(out_dir, exist_ok=True)
-        weights, conf = os.path.join(out_dir, "adapter_model.safetensors"), os.path.join(out_dir, "adapter_config.json")
-        save_file(tensors, weights + ".partial", metadata={"format": "pt"})
-        with open(conf + ".partial", "w") as f:
-            json.dump(adapter_config, f, indent=2)
-        os.replace(weights + ".partial", weights)
-        os.replace(conf + ".partial", conf)
+        storage.write_atomic(os.path.join(out_dir, "adapter_model.safetensors"),
+                             lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        storage.write_text(os.path.join(out_dir, "adapter_config.json"), json.dumps(adapter_config, indent=2))
     return ["adapter_config.json", "adapter_model.safetensors"]

@@ -26,6 +26,8 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from diffpo_jax import storage
+
 
 class ThresholdHead(nnx.Module):
     """MLP D → hidden → 1 (GELU), output μ = γ_max·sigmoid(u). Params fp32."""
@@ -65,13 +67,9 @@ def save_threshold_head(head: ThresholdHead, out_dir: str) -> list[str]:
             "formula": "f = mean of the final hidden states over the prompt's real tokens, from one forward of "
                        "[prompt, MASK x gen_length]; x = f / sqrt(mean(f^2) + 1e-6); "
                        "mu = gamma_max * sigmoid(gelu_tanh(x @ w1 + b1) @ w2 + b2)  (torch: gelu(approximate='tanh'))"}
-    weights, conf = os.path.join(out_dir, "threshold_head.safetensors"), os.path.join(out_dir, "threshold_head.json")
-    save_file(tensors, weights + ".partial")
-    with open(conf + ".partial", "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(weights + ".partial", weights)
-    os.replace(conf + ".partial", conf)
-    return [os.path.basename(weights), os.path.basename(conf)]
+    storage.write_atomic(os.path.join(out_dir, "threshold_head.safetensors"), lambda tmp: save_file(tensors, tmp))
+    storage.write_text(os.path.join(out_dir, "threshold_head.json"), json.dumps(meta, indent=2))
+    return ["threshold_head.safetensors", "threshold_head.json"]
 
 
 def load_threshold_head(out_dir: str) -> ThresholdHead:

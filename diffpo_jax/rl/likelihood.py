@@ -76,9 +76,10 @@ def token_logprobs(model, hidden: jax.Array, targets: jax.Array, chunk: int) -> 
     """log softmax(model.logits_from_hidden(hidden))[targets] without a full `[B, L, V]` buffer.
 
     hidden `[B, L, D]`, targets `[B, L] int32` -> `[B, L] f32` = target logit − logsumexp, with
-    fp32 logits (the LM-head matmul accumulates and returns fp32; nothing is rounded to bf16). The sequence is processed in chunks of `chunk` positions by
-    `lax.map`; each chunk is rematerialised in the backward pass, so at most one `[B, chunk, V]`
-    fp32 logits buffer is live at a time (forward and backward).
+    fp32 logits (LLaDA's `logits_from_hidden` accumulates and returns fp32: nothing is rounded
+    to bf16). The sequence is processed in chunks of `chunk` positions by `lax.map`; each chunk
+    is rematerialised in the backward pass, so at most one `[B, chunk, V]` fp32 logits buffer
+    is live at a time (forward and backward).
     """
     b, length, d = hidden.shape
     c = max(1, min(int(chunk), length))
@@ -90,7 +91,7 @@ def token_logprobs(model, hidden: jax.Array, targets: jax.Array, chunk: int) -> 
     @jax.checkpoint
     def one_chunk(args):
         hc, tc = args
-        logits = model.logits_from_hidden(hc).astype(jnp.float32)  # fp32 from the matmul (llada.py)
+        logits = model.logits_from_hidden(hc).astype(jnp.float32)
         target = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
         return target - jax.nn.logsumexp(logits, axis=-1)
 

@@ -31,14 +31,13 @@ from diffpo_jax.rl.config import RLConfig
 from diffpo_jax.sampling import Sampler
 
 
-def decode_completions(tokenizer, completion: np.ndarray, completion_mask: np.ndarray,
-                       skip_special_tokens: bool = True) -> list[str]:
+def decode_completions(tokenizer, completion: np.ndarray, completion_mask: np.ndarray) -> list[str]:
     """Text of each row's valid completion tokens (`[B, L]`, up to and including the first EOS).
     Special tokens are dropped, as d1's trainer decodes before its training rewards
     (`batch_decode(..., skip_special_tokens=True)`): with `<|eot_id|>` kept, GSM8K's strict
     format reward (`...</answer>\\n$`) could never fire. (Evaluation keeps them, as d1's eval
     parsers see them: `evaluate.run_eval`.)"""
-    return [tokenizer.decode([int(t) for t in row[m]], skip_special_tokens=skip_special_tokens)
+    return [tokenizer.decode([int(t) for t in row[m]], skip_special_tokens=True)
             for row, m in zip(completion, completion_mask)]
 
 

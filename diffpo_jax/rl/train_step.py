@@ -64,10 +64,10 @@ def scale_head_updates(scale: float) -> optax.GradientTransformation:
 
 def group_norms(grads) -> tuple[jax.Array, jax.Array]:
     """(‖g_LoRA‖₂, ‖g_head‖₂) of a trainable-state gradient tree (0 for an empty group)."""
-    sq = {True: [], False: []}
-    jax.tree_util.tree_map_with_path(lambda path, g: sq[_is_head(path)].append(jnp.sum(jnp.square(g))), grads)
-    norm = lambda xs: jnp.sqrt(sum(xs)) if xs else jnp.float32(0.0)  # noqa: E731
-    return norm(sq[False]), norm(sq[True])
+    sq = [(_is_head(path), jnp.sum(jnp.square(g))) for path, g in jax.tree_util.tree_leaves_with_path(grads)]
+    lora = sum((x for head, x in sq if not head), jnp.float32(0.0))
+    head = sum((x for head, x in sq if head), jnp.float32(0.0))
+    return jnp.sqrt(lora), jnp.sqrt(head)
 
 
 def clip_by_group_norm(max_norm: float) -> optax.GradientTransformation:
@@ -266,14 +266,15 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: RLConfig, tx: optax.GradientTra
 
     def step(trainable, opt_state, frozen, batch, rng):
         loss, grads, (aux, batch) = grads_fn(trainable, frozen, batch, rng)
-        grad_norm = optax.tree.norm(grads)
+        lora_norm, head_norm = group_norms(grads)
+        grad_norm = jnp.hypot(lora_norm, head_norm)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, opt_state, trainable)
         new_tr = optax.apply_updates(trainable, updates)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         metrics = _finalise_metrics(aux, loss, grad_norm, ok, batch, cfg)
         if cfg.joint_sampler:  # each group is clipped by its own norm (clip_by_group_norm)
-            metrics["grad_norm_lora"], metrics["grad_norm_head"] = group_norms(grads)
+            metrics["grad_norm_lora"], metrics["grad_norm_head"] = lora_norm, head_norm
         return keep(new_tr, trainable), keep(new_opt, opt_state), metrics
 
     if mesh is None:
