@@ -61,7 +61,43 @@ def test_policy_loss_matches_numpy(method, agg, unit):
     want = np_policy_loss(lp, old, ref, beh, adv, mask, steps, cfg, use_is=method.endswith("_is"))
     np.testing.assert_allclose(out.loss_sum / out.denom, want, rtol=1e-5)
     np.testing.assert_allclose(out.denom, L.policy_loss_denominator(jnp.asarray(mask), agg))
-    assert float(out.metrics["clip_frac"].total) > 0  # ε = 0.2 with these ratios clips some tokens
+    # ε = 0.2 with these ratios clips some tokens (gradient zeroed: clip_active_frac)
+    assert float(out.metrics["clip_active_frac"].total) > 0
+    assert float(out.metrics["clip_frac"].count) == float(out.metrics["clip_active_frac"].count) == mask.sum()
+
+
+def test_clip_frac_is_d1s_side_and_clip_active_frac_the_zero_gradient_side():
+    eps = 0.2
+    cfg = RLConfig(method="d1", beta=0.0, epsilon=eps)
+    # row 0 (A = +1): ρ 1.5, 1.3 > 1+ε -> clipped term is the min (active); 0.5 < 1−ε -> d1's side
+    # row 1 (A = −1): ρ 1.5 -> d1's side; 0.5 -> active; 0.9 inside; 4th token masked (ρ 0.1)
+    # row 2 (A = 0): nothing counts, whatever ρ
+    rho = np.array([[1.5, 0.5, 1.3, 1.0], [1.5, 0.5, 0.9, 0.1], [1.5, 0.5, 1.5, 0.5]])
+    adv = jnp.array([1.0, -1.0, 0.0])
+    mask = np.ones(rho.shape, bool)
+    mask[1, 3] = False
+    old = jnp.zeros(rho.shape)
+    steps = jnp.broadcast_to(jnp.arange(1, 5, dtype=jnp.int32), rho.shape)
+
+    def loss(lp):
+        out = L.diffpo_policy_loss(lp, old, None, old, adv, jnp.asarray(mask), steps, cfg, use_is=False)
+        return out.loss_sum, out
+
+    grad, out = jax.grad(loss, has_aux=True)(jnp.log(jnp.asarray(rho)))
+    frac = {k: float(out.metrics[k].total / out.metrics[k].count) for k in ("clip_frac", "clip_active_frac")}
+    np.testing.assert_allclose(frac["clip_frac"], 2 / 11, rtol=1e-6)  # (0,1) and (1,0)
+    np.testing.assert_allclose(frac["clip_active_frac"], 3 / 11, rtol=1e-6)  # (0,0), (0,2), (1,1)
+    # clip_active_frac counts exactly the valid tokens with A != 0 whose gradient clipping zeroes
+    g = np.asarray(grad)
+    active = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
+    flows = ~active & mask & (np.asarray(adv) != 0)[:, None]  # the 4 other valid tokens of rows 0, 1
+    assert (g[active] == 0).all() and flows.sum() == 4 and (g[flows] != 0).all()
+    # the head: ρ 1.5, 1.4 (A > 0) and 0.6 (A < 0) active; 0.5 (A > 0) d1's side; 1.0 neither
+    h_rho = jnp.array([1.5, 1.4, 0.5, 0.6, 1.0])
+    h = L.head_loss(jnp.log(h_rho), jnp.zeros(5), jnp.array([1.0, 1.0, 1.0, -1.0, -1.0]), 5, eps)
+    np.testing.assert_allclose(h.metrics["head_clip_frac"].total / h.metrics["head_clip_frac"].count, 1 / 5)
+    np.testing.assert_allclose(h.metrics["head_clip_active_frac"].total / h.metrics["head_clip_active_frac"].count,
+                               3 / 5)
 
 
 def test_infinite_log_probs_outside_the_completion_do_not_poison_the_loss():
@@ -181,4 +217,25 @@ def test_gaussian_log_density_and_head_loss_direction():
     np.testing.assert_allclose(g, want, rtol=1e-5)
     # PPO ratio on the density clips once μ has moved far enough
     out = L.head_loss(L.gaussian_log_density(x, mu + 0.3, s), L.gaussian_log_density(x, mu, s), adv, 2, 0.2)
-    assert float(out.metrics["head_clip_frac"].total) > 0
+    assert float(out.metrics["head_clip_frac"].total + out.metrics["head_clip_active_frac"].total) > 0
+
+
+def test_kl_k3_is_clamped_like_the_ratio():
+    c = L.LOG_RATIO_CLAMP
+    lp = jnp.array([-1.0, -2.0, -0.3, -7.0])
+    ref = jnp.array([-1.2, -1.0, -0.3, -7.0 + c])  # r = −0.2, 1, 0, 20 (the clamp itself): unchanged
+    r = np.asarray(ref - lp, np.float64)
+    np.testing.assert_allclose(L.kl_k3(ref, lp), np.exp(r) - r - 1, rtol=1e-6)
+    # huge differences (and infinities) saturate at the clamp instead of overflowing to inf / NaN
+    big = L.kl_k3(jnp.array([0.0, -1e4, 0.0, -jnp.inf]), jnp.array([-1e4, 0.0, -jnp.inf, 0.0]))
+    assert np.isfinite(np.asarray(big)).all()
+    np.testing.assert_allclose(big, [math.exp(c) - c - 1, math.exp(-c) + c - 1] * 2, rtol=1e-6)
+    g = jax.grad(lambda x: L.kl_k3(jnp.zeros(2), x).sum())(jnp.array([-1e4, 1e4]))
+    assert np.isfinite(np.asarray(g)).all()
+    # inside the policy loss the KL metric stays finite too
+    cfg = RLConfig(method="d1", beta=0.04)
+    one = jnp.ones((1, 1), bool)
+    out = L.diffpo_policy_loss(jnp.full((1, 1), -1e4), jnp.full((1, 1), -1e4), jnp.zeros((1, 1)),
+                               jnp.full((1, 1), -1e4), jnp.ones(1), one, jnp.ones((1, 1), jnp.int32), cfg,
+                               use_is=False)
+    assert np.isfinite(float(out.loss_sum)) and np.isfinite(float(out.metrics["kl"].total))

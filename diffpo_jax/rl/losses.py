@@ -8,9 +8,20 @@ Per valid completion token i of row b (advantage A_b):
     ρ_i  = exp(lp_i − lp_old_i)                                  (log-ratio clamped to ±20)
     w_i  = stop_grad(min(C, exp(lp_old_i − lp_beh_i)))            (IS methods; else w = 1)
     pg_i = −w_i · min(ρ_i A_b, clip(ρ_i, 1−ε, 1+ε) A_b)
-    kl_i = exp(r_i) − r_i − 1,  r_i = lp_ref_i − lp_i              (k3, outside the IS weight)
+    kl_i = exp(r_i) − r_i − 1,  r_i = lp_ref_i − lp_i              (k3, outside the IS weight;
+                                                                  r clamped to ±20 like the ratio)
     ℓ_i  = pg_i + β · kl_i
 token mean: Σ m ℓ / Σ m (d1);  sequence mean: (1/#rows) Σ_b Σ_i m ℓ / Σ_i m.
+
+Clipping metrics (token means over valid tokens; the head's are means over rows):
+    clip_frac         = mean[ρ A < clip(ρ, 1−ε, 1+ε) A]   d1's / TRL's `is_clipped`
+                        (per_token_loss1 < per_token_loss2): ρ is outside the trust region on
+                        the pessimistic side (A > 0, ρ < 1−ε or A < 0, ρ > 1+ε), so the min keeps
+                        the unclipped term and the gradient flows; comparable with d1's clip_ratio.
+    clip_active_frac  = mean[clip(ρ, 1−ε, 1+ε) A < ρ A]   the min keeps the clipped term: the
+                        tokens whose policy gradient clipping zeroes (A > 0, ρ > 1+ε or A < 0,
+                        ρ < 1−ε). Tokens inside [1−ε, 1+ε] (or with A = 0) count in neither.
+    head_clip_frac / head_clip_active_frac: the same two for the threshold head's ratio.
 ratio_unit='step': tokens sharing an unmask_step form one action: log ρ_s = Σ_{i∈s} (lp − lp_old),
 log w_s = Σ_{i∈s} (lp_old − lp_beh), and each of the s's n_s tokens carries pg_s / n_s, so a step
 counts once and on-policy gradients equal the token unit's.
@@ -69,9 +80,22 @@ def sampler_reward(rewards: jax.Array, nfe: jax.Array, nfe_lambda: float, nfe_re
 
 
 def kl_k3(ref_logp: jax.Array, logp: jax.Array) -> jax.Array:
-    """k3 estimator of KL(π_θ ‖ π_ref): exp(r) − r − 1 with r = lp_ref − lp_θ (elementwise)."""
-    r = ref_logp - logp
+    """k3 estimator of KL(π_θ ‖ π_ref): exp(r) − r − 1 with r = lp_ref − lp_θ (elementwise).
+
+    r is clamped to ±LOG_RATIO_CLAMP first (the clamp the policy ratio uses), so a huge or
+    infinite log-prob difference gives a finite value (at most e^20 − 21) instead of inf/NaN;
+    like the ratio, the gradient is zero where the clamp binds. |r| ≤ 20 is unchanged.
+    """
+    r = jnp.clip(ref_logp - logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return jnp.exp(r) - r - 1.0
+
+
+def clip_sides(ratio: jax.Array, adv: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
+    """Elementwise f32 indicators (d1_clipped, clip_active) of the module docstring:
+    d1_clipped = [ρA < clip(ρ)A] (d1's / TRL's is_clipped), clip_active = [clip(ρ)A < ρA]
+    (the min takes the clipped term, so the gradient is zero)."""
+    unclipped, clipped = ratio * adv, jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon) * adv
+    return (unclipped < clipped).astype(jnp.float32), (clipped < unclipped).astype(jnp.float32)
 
 
 def is_weights(old_logp: jax.Array, behaviour_logp: jax.Array, clamp_c: float) -> jax.Array:
@@ -157,11 +181,12 @@ def diffpo_policy_loss(logp, old_logp, ref_logp, behaviour_logp, advantages, com
         n_row = m.sum(axis=1)
         loss_sum = ((per_token * m).sum(axis=1) / jnp.maximum(n_row, 1.0)).sum()
         denom = (n_row > 0).sum().astype(jnp.float32)
-    clipped = (jnp.clip(ratio, 1 - cfg.epsilon, 1 + cfg.epsilon) * adv < ratio * adv).astype(jnp.float32)
     ratio_ng = jax.lax.stop_gradient(ratio)
+    d1_clipped, clip_active = clip_sides(ratio_ng, adv, cfg.epsilon)
     metrics = {
         "ratio_mean": Weighted((ratio_ng * m).sum(), n_tok),
-        "clip_frac": Weighted((clipped * m).sum(), n_tok),
+        "clip_frac": Weighted((d1_clipped * m).sum(), n_tok),
+        "clip_active_frac": Weighted((clip_active * m).sum(), n_tok),
         "pg_loss": Weighted(jax.lax.stop_gradient(pg * n_step * m).sum(), n_tok),
         "is_weight_mean": Weighted((w * m).sum(), n_tok),
         "is_clamp_frac": Weighted(((w >= cfg.clamp_c * (1 - 1e-6)) * m).sum() if use_is else 0.0 * n_tok, n_tok),
@@ -202,7 +227,8 @@ def head_loss(log_density: jax.Array, old_log_density: jax.Array, advantages: ja
     adv = advantages.astype(jnp.float32)
     obj = clipped_objective(ratio, adv, epsilon)
     b = jnp.float32(log_density.shape[0])
-    clipped = (jnp.clip(ratio, 1 - epsilon, 1 + epsilon) * adv < ratio * adv).astype(jnp.float32)
+    d1_clipped, clip_active = clip_sides(jax.lax.stop_gradient(ratio), adv, epsilon)
     metrics = {"head_ratio_mean": Weighted(jax.lax.stop_gradient(ratio).sum(), b),
-               "head_clip_frac": Weighted(clipped.sum(), b)}
+               "head_clip_frac": Weighted(d1_clipped.sum(), b),
+               "head_clip_active_frac": Weighted(clip_active.sum(), b)}
     return LossOut(-obj.sum(), b / group_size, metrics, {})
