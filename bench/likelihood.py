@@ -12,7 +12,10 @@ Both sides return per-token log-probs `[B, L] f32` of a completion `o` given the
   2mf:       stage 1 as mf, stage 2 from `[p, z_τ]` (z_τ = o where unmask_step ≤ τ, else M;
              τ ~ UniformInt[0, nfe)), both as one `[2B, P+L]` forward; token i takes stage 1 if
              unmask_step_i ≤ τ.
-JAX: the jitted `mf_logps` / `two_stage_logps` (LM head on the L completion positions only,
+  exact:     the sampler's trajectory likelihood (`exact_logps`): one `[B, P+L]` forward per
+             decoding step (here nfe = L/2 steps), the oracle the surrogates approximate; JAX
+             only (no d1 counterpart), its cost relative to mf is the number to read.
+JAX: the jitted `mf_logps` / `two_stage_logps` / `exact_logps` (LM head on the L completion positions only,
 chunked log-softmax). Torch: written the way d1's `_get_per_token_logps` is: `torch.rand`
 prompt masking, the model's full `[B, P+L, V]` logits, slice the completion, fp32
 `log_softmax`, gather. The LoRA adapter is on in both (as when scoring θ / θ_old). Before
@@ -42,7 +45,7 @@ from diffpo_jax import sharding as shd  # noqa: E402
 from diffpo_jax.models import llada  # noqa: E402
 from diffpo_jax.rl import likelihood as lk  # noqa: E402
 
-SURROGATES = ("mf", "2mf")
+SURROGATES = ("mf", "2mf", "exact")
 
 
 # ----------------------------------------------------------------------------- torch (d1-style)
@@ -105,6 +108,8 @@ def jax_surrogate_fn(graphdef, kind: str, p_mask: float, chunk: int):
         model = nnx.merge(graphdef, state)
         if kind == "mf":
             return lk.mf_logps(model, a["prompt"], a["prompt_mask"], a["completion"], key, p_mask=p_mask, chunk=chunk)
+        if kind == "exact":
+            return lk.exact_logps(model, a["prompt"], a["prompt_mask"], a["completion"], a["unmask_step"], chunk=chunk)
         return lk.two_stage_logps(model, a["prompt"], a["prompt_mask"], a["completion"], a["unmask_step"], a["nfe"],
                                   key, p_mask=p_mask, stages="stage1", chunk=chunk)
 
@@ -119,7 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt_len", type=int, default=32)
     ap.add_argument("--gen_length", type=int, default=128)
-    ap.add_argument("--surrogates", default="mf,2mf")
+    ap.add_argument("--surrogates", default="mf,2mf,exact")
     ap.add_argument("--p_mask", type=float, default=0.15)
     common.add_rl_bench_args(ap)
     return ap.parse_args(argv)
@@ -165,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
             lp = np.asarray(jax.block_until_ready(fn(state, ja, key)))
         compile_s = time.perf_counter() - t0
         fns = {f"jax {kind} (jit)": lambda fn=fn: jax.block_until_ready(fn(state, ja, key))}
-        if tm is not None:
+        if tm is not None and kind != "exact":
             with torch.no_grad():  # parity on JAX's own p̃ and τ
                 p_tilde = torch.from_numpy(np.asarray(lk.mask_prompt(ja["prompt"], ja["prompt_mask"], key, args.p_mask,
                                                                      cfg.mask_token_id)).astype(np.int64)).to(tdev)
@@ -189,8 +194,10 @@ def run(args: argparse.Namespace) -> dict:
             notes.append(f"{kind}: jax compile+first call {compile_s:.2f}s")
         with shd.use_mesh(mesh), common.profile(args.profile and os.path.join(args.profile, kind)):
             timed = common.time_interleaved(fns, args.warmup, args.iters)
-        rows_fwd = args.batch * (2 if kind == "2mf" else 1)
-        flops = common.forward_flops(cfg, rows_fwd, args.prompt_len + args.gen_length, head_tokens=n_tok, lora=True)
+        n_steps = int(np.max(arrays["unmask_step"])) if kind == "exact" else 1  # forwards per call
+        rows_fwd = args.batch * (2 if kind == "2mf" else n_steps)
+        flops = common.forward_flops(cfg, rows_fwd, args.prompt_len + args.gen_length, head_tokens=n_tok * n_steps,
+                                     lora=True)
         for name, (t, _) in timed.items():
             rows.append([name, f"{1e3 * t:.2f}", f"{n_tok / t:,.0f}", f"{flops / t / 1e12:.3f}",
                          common.mfu(flops, t, peak)])
@@ -198,6 +205,9 @@ def run(args: argparse.Namespace) -> dict:
         secs = [t for t, _ in timed.values()]
         if len(secs) > 1:
             ratios[f"jax / torch tokens/s, {kind}"] = secs[1] / secs[0]
+        if kind == "exact" and any(d["surrogate"] == "mf" for d in data):
+            mf_s = next(d["seconds"] for d in data if d["surrogate"] == "mf" and d["impl"].startswith("jax"))
+            ratios["jax exact / jax mf seconds per call"] = secs[0] / mf_s
     return dict(bench="likelihood", title=f"Likelihood ({'LLaDA-8B' if args.llada8b else 'tiny'})",
                 env=common.env_line(tdev),
                 settings=(f"d={cfg.d_model}, layers={cfg.n_layers}, V={cfg.vocab_size}, LoRA r={cfg.lora_rank}, "

@@ -8,7 +8,7 @@
 Benchmarks (each also runs alone: `python -m bench.<name> --help`):
   forward     one jitted forward vs torch eager (bench/forward.py)
   sampler     tokens/s and NFE per sampler rule vs a torch reference loop (bench/sampler.py)
-  likelihood  MF / 2-MF surrogate log-probs vs d1-style torch (bench/likelihood.py)
+  likelihood  MF / 2-MF surrogate log-probs vs d1-style torch, and the exact likelihood (bench/likelihood.py)
   train_step  the LoRA RL step vs a d1-style torch step (bench/train_step.py)
 Each reports JAX and torch side by side in the same process on the same weights (checked
 equal before timing), the ratio, and MFU on GPU/TPU (FLOP formulas: bench/common.py and
@@ -46,7 +46,7 @@ SETTINGS = {
         "forward": ["--shape", "tiny", "--batch", "2", "--length", "32"],
         "sampler": ["--preset", "tiny", "--batch", "2", "--prompt_len", "8", "--gen_length", "16",
                     "--block_length", "8", "--rules", "topk,eb"],
-        "likelihood": ["--batch", "4", "--prompt_len", "8", "--gen_length", "16", "--surrogates", "mf,2mf"],
+        "likelihood": ["--batch", "4", "--prompt_len", "8", "--gen_length", "16", "--surrogates", "mf,2mf,exact"],
         "train_step": ["--batch", "4", "--group", "4", "--prompt_len", "8", "--gen_length", "16"],
     },
     "llada8b": {

@@ -71,11 +71,13 @@ def padded_batches(prompt_ids: Sequence[list[int]], batch_size: int, pad_id: int
 def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampler_cfg: SamplerConfig, *,
              batch_size: int = 32, gamma_fn=None, key: Optional[jax.Array] = None, mesh=None,
              prompt_ids: Optional[list[list[int]]] = None, progress: bool = True,
-             pad_multiple: int = 0) -> tuple[list[dict], dict]:
+             pad_multiple: int = 0, gamma_fn_nfe: int = 1) -> tuple[list[dict], dict]:
     """Decode every item with `sampler_cfg` and score it.
 
     gamma_fn(prompt [b, P], prompt_mask [b, P]) -> γ `[b]` (the adaptive sampler's μ_φ(p));
-    None = the config's fixed γ / threshold. Returns (records, summary) where summary has
+    None = the config's fixed γ / threshold. A gamma_fn's model forwards are part of the cost:
+    each row's reported `nfe` is its decoding steps + `gamma_fn_nfe` (1 = the threshold head's
+    prompt forward; `decode_nfe` in the records is the decoding steps alone). Returns (records, summary) where summary has
     `accuracy`, `nfe_mean` and the task's extra numbers. Batches are padded to `batch_size`
     rows; prompts share one padded length P (one compile), or with pad_multiple = m > 0 each
     batch takes its own longest prompt rounded up to a multiple of m (`padded_batches`).
@@ -94,10 +96,11 @@ def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampl
                       gamma=None if gamma is None else from_host(gamma, mesh))
         comp = host_value(out.tokens)[:, prompt.shape[1]:]
         cmask = host_value(out.completion_mask)
-        nfe = host_value(out.nfe)
+        decode_nfe = host_value(out.nfe)
+        nfe = decode_nfe + (0 if gamma_fn is None else int(gamma_fn_nfe))
         for j in range(n_real):
             text = tokenizer.decode([int(t) for t in comp[j][cmask[j]]], skip_special_tokens=False)
-            rec = {"index": s + j, "completion": text, "nfe": int(nfe[j]),
+            rec = {"index": s + j, "completion": text, "nfe": int(nfe[j]), "decode_nfe": int(decode_nfe[j]),
                    "score": tasks.score(task, text, items[s + j])}
             if gamma is not None:
                 rec["gamma"] = float(gamma[j])

@@ -120,9 +120,14 @@ def check_rollout_input(rl: RLConfig, sampler: SamplerConfig) -> None:
 
 def behaviour_logp_warnings(rl: RLConfig, sampler: SamplerConfig) -> list[str]:
     """Rollout settings under which an IS method's behaviour log-probs are not the surrogate's
-    own computation (so w != 1 even where the 2-MF context is exact). Allowed, but said."""
+    own computation (so w != 1 even where the 2-MF context is exact), or under which the exact
+    likelihood is not the sampled distribution's. Allowed, but said."""
     fields = [f for f, on in (("kv_cache", sampler.kv_cache != "none"), ("cfg_scale", sampler.cfg_scale > 0),
                               ("logits_eos_inf", sampler.logits_eos_inf)) if on]
+    if rl.method == "exact":
+        return [f"config.sampler.{f} changes the rollout forward, so rl.method='exact' scores another "
+                "distribution than the one sampled (on-policy it equals the sampler's behaviour log-probs only "
+                "without kv_cache, cfg_scale and logits_eos_inf)" for f in fields]
     if not rl.method.endswith("_is"):
         return []
     return [f"config.sampler.{f} changes the rollout forward, so the behaviour log-probs in {rl.method}'s IS "

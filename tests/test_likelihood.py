@@ -165,3 +165,104 @@ def test_token_logprobs_memory_is_bounded_by_the_chunk():
     temp = lambda c: jax.jit(jax.grad(lambda hh: lk.token_logprobs(m, hh, t, c).sum())).lower(h).compile() \
         .memory_analysis().temp_size_in_bytes
     assert temp(8) < full_logits / 4
+
+
+# ----------------------------------------------------------------------------- exact likelihood
+
+SAMPLER_RULES = [dict(rule="fixed", steps=6), dict(rule="topk", k=3), dict(rule="threshold", threshold=0.004),
+                 dict(rule="eb", gamma=8.0)]  # the tiny random model is flat: these reveal several tokens a step
+
+
+def _rollout(model, rule_kw, temperature, block_length=6, gen_length=12):
+    from diffpo_jax.sampling import SamplerConfig, make_sampler
+
+    graphdef, state = nnx.split(model)
+    cfg = SamplerConfig(gen_length=gen_length, block_length=block_length, **rule_kw)
+    prompt = jax.random.randint(jax.random.key(5), (B, P), 0, 290)
+    pmask = jnp.ones((B, P), bool)
+    out = make_sampler(graphdef, cfg)(state, prompt, pmask, jax.random.key(11),
+                                      temperature=jnp.full((B,), temperature, jnp.float32))
+    return prompt, pmask, out
+
+
+@pytest.mark.parametrize("rule_kw", SAMPLER_RULES, ids=lambda kw: kw["rule"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_exact_on_policy_equals_the_samplers_behaviour_logp(model, rule_kw, temperature):
+    """The one test that proves sampler and likelihood share one definition: on-policy, the
+    exact likelihood of every revealed token equals the log-prob the sampler recorded when it
+    drew it (tempered at T > 0; untempered, i.e. scored at T = 1, for greedy decoding)."""
+    prompt, pmask, out = _rollout(model, rule_kw, temperature)
+    comp = out.tokens[:, P:]
+    got = lk.exact_logps(model, prompt, pmask, comp, out.unmask_step, chunk=5,
+                         temperature=jnp.full((B,), temperature))
+    want = out.behaviour_logp_tempered if temperature > 0 else out.behaviour_logp
+    assert int(out.unmask_step.min()) >= 1
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    if rule_kw["rule"] != "fixed":  # some step revealed several tokens (fixed: 2 per step by construction)
+        assert int(out.nfe.min()) < 12
+
+
+def test_exact_matches_a_direct_loop_and_skips_empty_steps(model, traj):
+    """Against one explicit forward per step t = 1..max (z_{t-1} = revealed before t), with a
+    trajectory whose step numbers have gaps (steps that revealed nothing)."""
+    steps = traj["unmask_step"] * 2  # steps 2, 4, 6, ...: the odd steps revealed nothing
+    temp = jnp.array([1.0, 0.5, 0.0, 2.0])
+    got = lk.exact_logps(model, traj["prompt"], traj["prompt_mask"], traj["completion"], steps, chunk=3,
+                         temperature=temp)
+    want = jnp.zeros((B, L))
+    t_div = jnp.where(temp > 0, temp, 1.0)[:, None, None]
+    for t in range(1, int(steps.max()) + 1):
+        z = jnp.where(steps < t, traj["completion"], model.cfg.mask_token_id)
+        logits = model(jnp.concatenate([traj["prompt"], z], 1))[:, P:].astype(jnp.float32) / t_div
+        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), traj["completion"][..., None], -1)[..., 0]
+        want = jnp.where(steps == t, lp, want)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_exact_gradient_matches_the_direct_loop(model, traj):
+    """∇ of Σ exact log-probs w.r.t. the LoRA parameters equals the direct loop's (remat + cond)."""
+    graphdef, lora_state, rest = nnx.split(model, nnx.LoRAParam, ...)
+
+    def total(fn, st):
+        m = nnx.merge(graphdef, st, rest)
+        return fn(m).sum()
+
+    exact = lambda m: lk.exact_logps(m, traj["prompt"], traj["prompt_mask"], traj["completion"],  # noqa: E731
+                                     traj["unmask_step"], chunk=4)
+
+    def direct(m):
+        out = jnp.zeros((B, L))
+        for t in range(1, int(traj["unmask_step"].max()) + 1):
+            z = jnp.where(traj["unmask_step"] < t, traj["completion"], m.cfg.mask_token_id)
+            lp = full_logps(m, jnp.concatenate([traj["prompt"], z], 1), traj["completion"])
+            out = jnp.where(traj["unmask_step"] == t, lp, out)
+        return out
+
+    g1 = jax.grad(lambda st: total(exact, st))(lora_state)
+    g2 = jax.grad(lambda st: total(direct, st))(lora_state)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_tempered_surrogates_and_dispatch(model, traj):
+    """With batch['temperature'], every surrogate scores log softmax(f / T); under d1's
+    convention (likelihood_temperature='none') the temperature is ignored."""
+    key = jax.random.key(3)
+    temp = jnp.array([0.5, 1.0, 0.0, 2.0])
+    batch = dict(traj, temperature=temp)
+    cfg = RLConfig(method="exact")
+    got = lk.surrogate_logps("exact", model, batch, key, cfg)
+    want = lk.exact_logps(model, traj["prompt"], traj["prompt_mask"], traj["completion"], traj["unmask_step"],
+                          chunk=cfg.logprob_chunk, temperature=temp)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    mf_t = lk.surrogate_logps("d1", model, batch, key, cfg)
+    mf_1 = lk.surrogate_logps("d1", model, traj, key, cfg)
+    np.testing.assert_allclose(mf_t[1], mf_1[1], atol=1e-6)  # T = 1
+    np.testing.assert_allclose(mf_t[2], mf_1[2], atol=1e-6)  # T = 0: greedy, scored at T = 1
+    assert not np.allclose(mf_t[0], mf_1[0], atol=1e-3)
+    d1_cfg = cfg.replace(likelihood_temperature="none")
+    np.testing.assert_allclose(lk.surrogate_logps("2mf", model, batch, key, d1_cfg),
+                               lk.surrogate_logps("2mf", model, traj, key, d1_cfg), atol=1e-6)
+    assert RLConfig(method="exact").surrogate == "exact"
+    with pytest.raises(ValueError, match="likelihood_temperature"):
+        RLConfig(likelihood_temperature="tempered")

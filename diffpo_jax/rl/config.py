@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-METHODS = ("d1", "mf_is", "2mf", "2mf_is")
+METHODS = ("d1", "mf_is", "2mf", "2mf_is", "exact")
+LIKELIHOOD_TEMPERATURES = ("sampler", "none")
 PROMPT_MASK_STAGES = ("stage1", "both", "none")
 LOSS_AGG = ("token", "sequence")
 RATIO_UNITS = ("token", "step")
@@ -20,7 +21,13 @@ class RLConfig:
     """Objective, optimiser and threshold-head settings.
 
     method:            surrogate + weighting. `d1` = mean-field, w=1; `mf_is` = mean-field with the
-                       clamped IS weight; `2mf` = two-stage mean-field, w=1; `2mf_is` = 2-MF + IS.
+                       clamped IS weight; `2mf` = two-stage mean-field, w=1; `2mf_is` = 2-MF + IS;
+                       `exact` = the sampler's exact trajectory likelihood (one forward per decoding
+                       step, the oracle the surrogates approximate), w=1.
+    likelihood_temperature: `sampler` (default): every likelihood scores log softmax(f/T) with the
+                       rollout's T and the behaviour log-probs are the tempered ones the sampler drew
+                       from, so ρ and w compare against the distribution actually sampled; `none`:
+                       d1's convention, log softmax(f) for both although rollouts sample at T.
     joint_sampler:     also train the threshold head (SPEC §5) with one optimiser.
     num_generations:   G, completions per prompt (consecutive rows form a group).
     p_mask:            prompt-token masking probability of the MF / stage-1 input (d1: 0.15).
@@ -45,6 +52,7 @@ class RLConfig:
     """
 
     method: str = "d1"
+    likelihood_temperature: str = "sampler"
     joint_sampler: bool = False
     num_generations: int = 6
     p_mask: float = 0.15
@@ -83,6 +91,7 @@ class RLConfig:
                 errors.append(f"{name}={getattr(self, name)!r}: choose one of {options}")
 
         choice("method", METHODS)
+        choice("likelihood_temperature", LIKELIHOOD_TEMPERATURES)
         choice("prompt_mask_stages", PROMPT_MASK_STAGES)
         choice("loss_agg", LOSS_AGG)
         choice("ratio_unit", RATIO_UNITS)
@@ -112,7 +121,9 @@ class RLConfig:
 
     @property
     def surrogate(self) -> str:
-        """'mf' (d1, mf_is) or '2mf' (2mf, 2mf_is)."""
+        """'mf' (d1, mf_is), '2mf' (2mf, 2mf_is) or 'exact'."""
+        if self.method == "exact":
+            return "exact"
         return "2mf" if self.method.startswith("2mf") else "mf"
 
     def replace(self, **kw) -> "RLConfig":

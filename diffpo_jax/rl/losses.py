@@ -199,7 +199,7 @@ def diffpo_policy_loss(logp, old_logp, ref_logp, behaviour_logp, advantages, com
     return LossOut(loss_sum, denom, metrics, maxima)
 
 
-for _name, _is in (("d1", False), ("2mf", False), ("mf_is", True), ("2mf_is", True)):
+for _name, _is in (("d1", False), ("2mf", False), ("mf_is", True), ("2mf_is", True), ("exact", False)):
     register_policy_loss(_name)(lambda *a, _is=_is, **k: diffpo_policy_loss(*a, use_is=_is, **k))
 
 

@@ -10,6 +10,9 @@ threshold head gives μ_φ(p) from one forward of `[p, M…M]` per prompt (promp
 computed with the rollout-time LoRA, i.e. θ_old), and each row decodes with its own
 γ = clip(μ + σ ε, 0, γ_max) (SPEC §5); the raw draws and the features go into the batch
 (`gamma_raw [B]`, `head_features [B, D]`) so the head's PPO ratio is a function of φ alone.
+That prompt forward is counted in the reported NFE (`head_nfe`). The batch records the
+rollout temperature `[B]` and the behaviour log-probs of the distribution sampled
+(`behaviour_logp`).
 
 Multi-host: each process passes ITS rows (`[B_local, P]`, from a per-process data shard);
 the arrays of the returned batch are global (`[B_local · n_proc, …]`, sharded over
@@ -39,6 +42,24 @@ def decode_completions(tokenizer, completion: np.ndarray, completion_mask: np.nd
     parsers see them: `evaluate.run_eval`.)"""
     return [tokenizer.decode([int(t) for t in row[m]], skip_special_tokens=True)
             for row, m in zip(completion, completion_mask)]
+
+
+def behaviour_logp(out, temperature: float, cfg: RLConfig) -> jax.Array:
+    """The behaviour log-probs `[B, L] f32` the likelihoods are compared with: the tempered
+    `log softmax(f/T)[o]` the sampler drew from when T > 0 and cfg.likelihood_temperature ==
+    'sampler'; the untempered ones at T = 0 (greedy: the likelihoods then score at T = 1) or
+    under d1's convention ('none')."""
+    if temperature > 0 and cfg.likelihood_temperature == "sampler":
+        return out.behaviour_logp_tempered
+    return out.behaviour_logp
+
+
+def head_nfe(cfg: RLConfig) -> int:
+    """Forwards the threshold head adds to each row's reported NFE: its prompt forward
+    `[p, M…M]` (1 with the joint sampler, else 0). The batch's `nfe` stays the decoding steps
+    T_b (2-MF draws τ from them); every reported NFE (rollout info, train metrics, evaluation)
+    adds this, so NFE counts every model forward a row's completion depends on."""
+    return 1 if cfg.joint_sampler else 0
 
 
 def head_mu(policy: Policy, prompt: jax.Array, prompt_mask: jax.Array, gen_length: int,
@@ -102,16 +123,18 @@ def rollout(policy: Policy, sampler: Sampler, prompt_rows: np.ndarray, mask_rows
     per_comp = {k: np.array([c.get(k, 0.0) for c in comps], np.float32) for k in names}
     rewards = np.sum([per_comp[k] for k in names], axis=0).astype(np.float32)
     rewards_global = global_batch(rewards, mesh)
+    temp = float(sampler.cfg.temperature if temperature is None else temperature)
     batch = {
         "prompt": prompt, "prompt_mask": pmask, "completion": completion.astype(jnp.int32),
         "completion_mask": out.completion_mask, "unmask_step": out.unmask_step,
-        "behaviour_logp": out.behaviour_logp, "nfe": out.nfe, "rewards": rewards_global,
+        "behaviour_logp": behaviour_logp(out, temp, cfg), "nfe": out.nfe, "rewards": rewards_global,
+        "temperature": jnp.full(out.nfe.shape, temp, jnp.float32),
     }
     if cfg.joint_sampler:
         batch["gamma_raw"], batch["head_features"] = gamma_raw, feats
     everyone = lambda x: host_value(global_batch(x, mesh))  # noqa: E731  (all processes' rows)
     info = {"texts": texts, "reward_components": {k: everyone(v) for k, v in per_comp.items()},
-            "rewards": host_value(rewards_global), "nfe": host_value(out.nfe),
+            "rewards": host_value(rewards_global), "nfe": host_value(out.nfe) + head_nfe(cfg),
             "completion_length": host_value(out.completion_length),
             "gamma": None if gamma is None else host_value(gamma)}
     return batch, info

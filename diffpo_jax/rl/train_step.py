@@ -18,7 +18,8 @@
 batch (per-row arrays, all sharded over ('data', 'fsdp') on their first axis):
   prompt [B,P] i32, prompt_mask [B,P] bool, completion [B,L] i32, completion_mask [B,L] bool,
   unmask_step [B,L] i32, behaviour_logp [B,L] f32, nfe [B] i32, rewards [B] f32;
-  optional: old_logp [B,L], ref_logp [B,L], row_id [B] i32 (global row index, default arange);
+  optional: old_logp [B,L], ref_logp [B,L], row_id [B] i32 (global row index, default arange),
+  temperature [B] f32 (the rollout's T: the likelihoods score log softmax(f/T); default untempered);
   joint sampler: gamma_raw [B] f32 (unclipped draws), optional head_old_logp [B],
   head_features [B,D] (else recomputed from [p, M…M] with the current LoRA, stop-gradient;
   passing the rollout's features keeps the head's PPO ratio a function of φ alone).
@@ -143,7 +144,7 @@ def validate_batch(batch: dict, cfg: RLConfig) -> None:
         raise ValueError(f"RL batch is missing {missing}; see diffpo_jax.rl.train_step docstring for the contract")
     b, length = batch["completion"].shape
     expect = {"completion_mask": (b, length), "unmask_step": (b, length), "behaviour_logp": (b, length),
-              "old_logp": (b, length), "ref_logp": (b, length), "nfe": (b,), "rewards": (b,), "row_id": (b,),
+              "old_logp": (b, length), "ref_logp": (b, length), "nfe": (b,), "rewards": (b,), "row_id": (b,), "temperature": (b,),
               "gamma_raw": (b,), "head_old_logp": (b,), "prompt": (b, batch["prompt"].shape[1]),
               "prompt_mask": (b, batch["prompt"].shape[1])}
     for k, shape in expect.items():
@@ -316,14 +317,14 @@ def _finalise_metrics(aux, loss, grad_norm, ok, batch, cfg: RLConfig) -> dict:
     if "neg_mu_min" in out:
         out["mu_min"] = -out.pop("neg_mu_min")
     r = batch["rewards"].astype(jnp.float32)
-    nfe = batch["nfe"].astype(jnp.float32)
+    nfe = batch["nfe"].astype(jnp.float32) + (1.0 if cfg.joint_sampler else 0.0)  # + the head's forward
     out.update(loss=loss, grad_norm=grad_norm, skipped=1 - ok.astype(jnp.int32), reward_mean=r.mean(),
                reward_std=r.std(), adv_abs_mean=jnp.abs(batch["advantages"]).mean(), nfe_mean=nfe.mean(),
                nfe_max=nfe.max())
     if cfg.joint_sampler:
         g = jnp.clip(batch["gamma_raw"], 0.0, cfg.gamma_max)
         out.update(gamma_mean=g.mean(), gamma_std=g.std(), gamma_min=g.min(), gamma_max=g.max(),
-                   sampler_reward_mean=L.sampler_reward(r, batch["nfe"], cfg.nfe_lambda, cfg.nfe_ref).mean())
+                   sampler_reward_mean=L.sampler_reward(r, nfe, cfg.nfe_lambda, cfg.nfe_ref).mean())
     return out
 
 
