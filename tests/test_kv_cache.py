@@ -265,3 +265,62 @@ def test_model_without_cache_methods_is_refused():
         decode(LogitsOnly(), SamplerConfig(rule="eb", gen_length=8, block_length=4, kv_cache="dual"),
                jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), bool), jax.random.key(0), jnp.zeros(1), jnp.zeros(1),
                jnp.zeros(1))
+
+
+class _CountingBlocks(_Counting):
+    """_Counting that also logs where each window forward starts."""
+
+    def hidden_with_cache(self, part, start, *a, **k):
+        jax.debug.callback(lambda s: self.log.append(("window", int(s))), start)
+        return self.model.hidden_with_cache(part, start, *a, **k)
+
+
+@pytest.mark.parametrize("steps", [3, 6, 12, 18])  # 1, 2, 4 (= block_length), 6 (> block_length) per block
+@pytest.mark.parametrize("kv", ["none", "prefix", "dual"])
+def test_fixed_rule_runs_exactly_steps_forwards_with_or_without_a_cache(two_layer, kv, steps):
+    """rule='fixed' calls the model `steps` times (LLaDA), cached or not: every row's NFE = steps,
+    each block takes exactly steps / n_blocks forwards (the first a full one with a cache, the
+    rest windows inside that block), and no forward runs after the last block ends."""
+    model, tokens, mask = two_layer
+    cfg = SamplerConfig(rule="fixed", gen_length=GEN, block_length=BLOCK, steps=steps, kv_cache=kv)
+    per_block, p = steps // cfg.n_blocks, tokens.shape[1]
+    graphdef, state = nnx.split(model)
+    log = []
+    run = jax.jit(lambda st: decode(_CountingBlocks(nnx.merge(graphdef, st), log), cfg, jnp.asarray(tokens),
+                                    jnp.asarray(mask), jax.random.key(0), jnp.zeros(4), jnp.zeros(4), jnp.zeros(4)))
+    out = jax.block_until_ready(run(state))
+    jax.effects_barrier()
+    assert int(out.forwards) == len(log) == steps == cfg.max_steps
+    np.testing.assert_array_equal(np.asarray(out.nfe), steps)
+    us = np.asarray(out.unmask_step).reshape(len(tokens), cfg.n_blocks, BLOCK)
+    for j in range(cfg.n_blocks):  # block j's tokens are revealed during its own steps only
+        assert us[:, j].min() > j * per_block and us[:, j].max() <= (j + 1) * per_block
+    if per_block <= BLOCK:  # every step reveals >= 1 token: block j uses all of its steps
+        for b in range(len(tokens)):
+            for j in range(cfg.n_blocks):
+                assert set(us[b, j]) == set(range(j * per_block + 1, (j + 1) * per_block + 1))
+    if kv == "none":
+        assert log == ["full"] * steps
+        return
+    starts = [i for i, e in enumerate(log) if e == "full+kv"]
+    assert starts == [j * per_block for j in range(cfg.n_blocks)]  # one full forward opens each block
+    for j, s in enumerate(starts):
+        windows = log[s + 1:s + per_block]
+        assert [w[0] for w in windows] == ["window"] * (per_block - 1)
+        want = p + j * BLOCK  # prefix: block..end and dual: the block both start at block j
+        assert all(w[1] == want for w in windows), (j, windows)
+
+
+@pytest.mark.parametrize("kv", ["prefix", "dual"])
+def test_fixed_rule_with_an_exact_one_layer_cache_decodes_like_no_cache(kv):
+    """One layer (the cache is exact): rule='fixed' with a cache reveals the same tokens at the
+    same steps as without one, with the same NFE and forwards (= steps)."""
+    model = _lora_model(1)
+    graphdef, state = nnx.split(model)
+    tokens, mask = left_pad(PROMPTS, model.cfg.pad_token_id)
+    cfg = SamplerConfig(rule="fixed", gen_length=GEN, block_length=BLOCK, steps=9)
+    ref = make_sampler(graphdef, cfg)(state, tokens, mask)
+    out = make_sampler(graphdef, cfg.replace(kv_cache=kv))(state, tokens, mask)
+    for name in ("tokens", "unmask_step", "nfe", "forwards"):
+        np.testing.assert_array_equal(np.asarray(getattr(out, name)), np.asarray(getattr(ref, name)), name)
+    assert int(out.forwards) == 9 and (np.asarray(out.nfe) == 9).all()

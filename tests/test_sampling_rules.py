@@ -131,6 +131,19 @@ def test_config_errors_name_the_field(kw, field):
         SamplerConfig(**kw)
 
 
+def test_steps_is_validated_only_for_the_fixed_rule():
+    """Rules other than 'fixed' ignore `steps`, so it need not be a multiple of n_blocks there."""
+    for rule in ("topk", "threshold", "eb"):
+        cfg = SamplerConfig(rule=rule, gen_length=24, block_length=8, steps=5)
+        assert cfg.max_steps == SamplerConfig(rule=rule, gen_length=24, block_length=8).max_steps  # ignored
+    with pytest.raises(ValueError, match=r"steps=5 must be a positive multiple of the number of blocks .*=3"):
+        SamplerConfig(rule="fixed", gen_length=24, block_length=8, steps=5)
+    for rule in ("fixed", "topk", "threshold", "eb"):  # a non-positive value is refused whatever the rule
+        with pytest.raises(ValueError, match=r"steps=0 must be positive"):
+            SamplerConfig(rule=rule, gen_length=24, block_length=8, steps=0)
+    assert SamplerConfig(rule="fixed", gen_length=24, block_length=8, steps=6).max_steps == 6
+
+
 def test_config_static_step_bounds():
     assert SamplerConfig(gen_length=256, block_length=32).max_steps == 128  # d1: steps = L / 2
     assert SamplerConfig(rule="topk", k=3, gen_length=64, block_length=32).max_steps == 2 * 11

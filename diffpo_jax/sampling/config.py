@@ -49,7 +49,8 @@ class SamplerConfig:
     rule: one of RULES.             gen_length: completion length L.
     block_length: semi-AR block Lb (L % Lb == 0; Lb == L is fully parallel decoding).
     steps: total steps for rule='fixed' (a multiple of n_blocks; None = gen_length // 2, d1's
-      choice); ignored by the other rules, which stop when the block is full.
+      choice); ignored by the other rules, which stop when the block is full (for them a set
+      value is only checked to be positive, not to be a multiple of n_blocks).
     k: tokens per step for rule='topk'.
     threshold / gamma / temperature: defaults for the per-call arrays (tau, gamma, T).
     cfg_scale: classifier-free guidance w > 0 runs a second, prompt-masked copy in the
@@ -89,10 +90,12 @@ class SamplerConfig:
             errors.append(f"block_length={self.block_length} must be positive")
         elif self.gen_length % self.block_length:
             errors.append(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}")
-        if self.steps is not None and self.block_length > 0 and (
-                self.steps <= 0 or self.steps % max(1, self.gen_length // self.block_length)):
+        if self.steps is not None and self.steps <= 0:
+            errors.append(f"steps={self.steps} must be positive")
+        elif self.steps is not None and self.rule == "fixed" and self.block_length > 0 and (
+                self.steps % max(1, self.gen_length // self.block_length)):
             errors.append(f"steps={self.steps} must be a positive multiple of the number of blocks "
-                          f"gen_length/block_length={self.gen_length // self.block_length}")
+                          f"gen_length/block_length={self.gen_length // self.block_length} for rule='fixed'")
         elif self.steps is None and self.rule == "fixed" and self.block_length > 0 and (
                 (self.gen_length // 2) % max(1, self.gen_length // self.block_length) or self.gen_length < 2):
             errors.append(f"steps=None means gen_length // 2 = {self.gen_length // 2}, which is not a positive "
