@@ -19,7 +19,8 @@ environment, checked in this order:
 
 After initialisation every process runs the same program on its own addressable shards;
 `is_primary()` is for logging only: data loading, checkpoint saves (orbax) and evaluation
-run on all processes alike. `replicate(tree, mesh)` turns host-local values (RNG keys,
+run on all processes alike (`evaluate.run_eval` without a mesh decodes only this process's
+share of the batches and gathers the rest with `process_stack`). `replicate(tree, mesh)` turns host-local values (RNG keys,
 numpy scalars) into global replicated arrays, which multi-host orbax saves require.
 
 `run_local(argv, num_processes)` starts a small CPU cluster on this machine (each process
@@ -211,6 +212,16 @@ def host_value(x: jax.Array) -> np.ndarray:
         return np.asarray(x.addressable_data(0))
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def process_stack(tree):
+    """Every process's value of a pytree of host (numpy) arrays, stacked in process order on a
+    new leading axis: leaves `[...]` -> `[n_processes, ...]`. Shapes and dtypes must agree
+    across processes, and every process must call it (a collective). One process: `x[None]`."""
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: np.asarray(x)[None], tree)
+    from jax.experimental import multihost_utils
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=False))
 
 
 def host_tree(tree):

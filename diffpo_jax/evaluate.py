@@ -68,6 +68,48 @@ def padded_batches(prompt_ids: Sequence[list[int]], batch_size: int, pad_id: int
         yield s, prompt, pmask, n_real
 
 
+def eval_processes(state, mesh) -> tuple[int, int]:
+    """(this process's index, number of processes) that `run_eval` splits its batches over:
+    every process when several run without a mesh and the model `state` (an nnx.State or any
+    pytree of arrays) is on this process's devices alone; otherwise (0, 1): one process, a mesh
+    (whose devices already split each batch's rows over the hosts), or a model sharded over
+    other processes' devices (every process must then run every batch)."""
+    n = jax.process_count()
+    if n == 1 or mesh is not None:
+        return 0, 1
+    if not all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(state)):
+        return 0, 1
+    return jax.process_index(), n
+
+
+def _gather_batches(decoded: list, n_proc: int, n_batches: int, batch_size: int, n_items: int,
+                    gen_length: int, has_gamma: bool) -> list:
+    """Every process's decoded batches (`run_eval`'s tuples; process p holds batches p, p + n, ...)
+    -> all of them in batch order, on every process. Each process sends a fixed-shape stack of
+    `ceil(n_batches / n)` batches (unused slots zero, batch index −1; γ as f32, the sampler's
+    dtype)."""
+    slots = -(-n_batches // n_proc)
+    local = {"batch": np.full((slots,), -1, np.int32),
+             "comp": np.zeros((slots, batch_size, gen_length), np.int32),
+             "cmask": np.zeros((slots, batch_size, gen_length), bool),
+             "nfe": np.zeros((slots, batch_size), np.int32),
+             "gamma": np.zeros((slots, batch_size), np.float32)}
+    for k, (bi, _, _, comp, cmask, nfe, gamma) in enumerate(decoded):
+        local["batch"][k], local["comp"][k], local["cmask"][k], local["nfe"][k] = bi, comp, cmask, nfe
+        if gamma is not None:
+            local["gamma"][k] = gamma
+    every = distributed.process_stack(local)  # leaves [n_proc, slots, ...]
+    out = []
+    for bi in range(n_batches):
+        p, k = bi % n_proc, bi // n_proc
+        if int(every["batch"][p, k]) != bi:
+            raise RuntimeError(f"evaluation batch {bi} missing from process {p} (got {int(every['batch'][p, k])})")
+        s = bi * batch_size
+        out.append((bi, s, min(batch_size, n_items - s), every["comp"][p, k], every["cmask"][p, k],
+                    every["nfe"][p, k], every["gamma"][p, k] if has_gamma else None))
+    return out
+
+
 def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampler_cfg: SamplerConfig, *,
              batch_size: int = 32, gamma_fn=None, key: Optional[jax.Array] = None, mesh=None,
              prompt_ids: Optional[list[list[int]]] = None, progress: bool = True,
@@ -81,22 +123,39 @@ def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampl
     `accuracy`, `nfe_mean` and the task's extra numbers. Batches are padded to `batch_size`
     rows; prompts share one padded length P (one compile), or with pad_multiple = m > 0 each
     batch takes its own longest prompt rounded up to a multiple of m (`padded_batches`).
+
+    Several processes (multi-host; `eval_processes`): with a mesh, every process holds every
+    batch and the mesh's devices on all hosts split its rows, so no decoding is repeated.
+    Without a mesh (each process decodes on its own devices), process i decodes only batches
+    i, i + n, i + 2n, ... (n processes; the same batches, widths and keys as on one process,
+    so the results do not depend on n), then the completions are gathered
+    (`distributed.process_stack`). Either way every process returns all records and the same
+    summary (the host-side detokenising and scoring run on every process); gamma_fn is then
+    called on this process's batches only, so it must not run multi-process collectives.
     """
     key = jax.random.key(0) if key is None else key
     prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(task, items, tokenizer)
     graphdef, state = nnx.split(llm)
     sampler = make_sampler(graphdef, sampler_cfg, mesh)
-    records = []
+    pid, n_proc = eval_processes(state, mesh)
+    n_batches = -(-len(prompt_ids) // batch_size)
+    decoded = []  # (batch index, start, n_real, comp, cmask, decode_nfe, gamma) of the batches decoded here
     batches = padded_batches(prompt_ids, batch_size, llm.cfg.pad_token_id, pad_multiple)
-    for bi, (s, prompt, pmask, n_real) in enumerate(tqdm(batches, total=-(-len(prompt_ids) // batch_size),
+    for bi, (s, prompt, pmask, n_real) in enumerate(tqdm(batches, total=n_batches,
                                                          desc=f"eval {task} {sampler_cfg.rule}",
                                                          disable=not progress, leave=False)):
+        if bi % n_proc != pid:  # another process's batch
+            continue
         gamma = None if gamma_fn is None else host_value(gamma_fn(prompt, pmask))
         out = sampler(state, from_host(prompt, mesh), from_host(pmask, mesh), jax.random.fold_in(key, bi),
                       gamma=None if gamma is None else from_host(gamma, mesh))
-        comp = host_value(out.tokens)[:, prompt.shape[1]:]
-        cmask = host_value(out.completion_mask)
-        decode_nfe = host_value(out.nfe)
+        decoded.append((bi, s, n_real, host_value(out.tokens)[:, prompt.shape[1]:],
+                        host_value(out.completion_mask), host_value(out.nfe), gamma))
+    if n_proc > 1 and n_batches:
+        decoded = _gather_batches(decoded, n_proc, n_batches, batch_size, len(prompt_ids),
+                                  sampler_cfg.gen_length, gamma_fn is not None)
+    records = []
+    for _, s, n_real, comp, cmask, decode_nfe, gamma in decoded:
         nfe = decode_nfe + (0 if gamma_fn is None else int(gamma_fn_nfe))
         for j in range(n_real):
             text = tokenizer.decode([int(t) for t in comp[j][cmask[j]]], skip_special_tokens=False)

@@ -209,3 +209,51 @@ def test_initialize_after_device_use_gives_clear_error():
     r = _run(["-c", code], {})
     assert r.returncode != 0
     assert "must run before any JAX device use" in r.stderr
+
+
+EVAL_WORKER = textwrap.dedent('''
+    import json
+    import jax
+    import numpy as np
+    from transformers import AutoTokenizer
+    from configs import demo_sudoku
+    from diffpo_jax import distributed as dist, evaluate, tasks
+    from diffpo_jax.convert.hf_import import load_hf
+    from diffpo_jax.sampling import SamplerConfig
+
+    dist.maybe_initialize()
+    llm = load_hf(demo_sudoku.DEMO_MODEL, param_dtype="float32", compute_dtype="float32")
+    tok = AutoTokenizer.from_pretrained(demo_sudoku.DEMO_MODEL, local_files_only=True, trust_remote_code=False)
+    items = tasks.load_eval_items("sudoku", n=5)
+    ids = evaluate.encode_prompts("sudoku", items, tok, 0,
+                                  lambda it: tasks.format_prompt("sudoku", it, tok, "eval", False, "compact"))
+    calls, make = [], evaluate.make_sampler
+    def counting(*a, **k):
+        sampler = make(*a, **k)
+        return lambda *aa, **kk: calls.append(1) or sampler(*aa, **kk)
+    evaluate.make_sampler = counting
+    gamma_fn = lambda p, m: (0.05 + 0.2 * (np.asarray(p).astype(np.int64).sum(1) % 7)).astype(np.float32)
+    records, summary = evaluate.run_eval(llm, tok, "sudoku", items, SamplerConfig(rule="eb", gen_length=24,
+                                         block_length=24), batch_size=2, gamma_fn=gamma_fn, key=jax.random.key(5),
+                                         prompt_ids=ids, progress=False)
+    print("RESULT " + json.dumps(dict(calls=len(calls), records=records, summary=summary)), flush=True)
+''')
+
+
+def test_two_processes_split_evaluation_batches(tmp_path):
+    """evaluate.run_eval without a mesh on 2 processes: process 0 decodes batches 0 and 2, process 1
+    batch 1 (5 items, 2 per batch), and both return exactly the single-process records."""
+    (tmp_path / "eval_worker.py").write_text(EVAL_WORKER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    results = dist.run_local([sys.executable, "-m", "diffpo_jax.distributed", "eval_worker"], num_processes=2,
+                             timeout_s=120, env=env, cwd=ROOT, log_dir=str(tmp_path / "logs"))
+    assert all(r.returncode == 0 for r in results), dist.format_results(results)
+    single = subprocess.run([sys.executable, "-m", "eval_worker"], env=dict(env, DIFFPO_DISTRIBUTED="0"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr[-4000:]
+    want = json.loads([ln for ln in single.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    assert want["calls"] == 3 and len(want["records"]) == 5
+    for r in results:
+        got = json.loads([ln for ln in r.output.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+        assert got["calls"] == (2 if r.process_id == 0 else 1)
+        assert json.dumps(got["records"]) == json.dumps(want["records"]) and got["summary"] == want["summary"]

@@ -2,6 +2,7 @@
 directories only, one-line errors, and the shipped demo model with compact prompts."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -115,3 +116,107 @@ def test_cli_starts_multi_host_first(monkeypatch):
     monkeypatch.setattr(distributed, "maybe_initialize", init)
     with pytest.raises(RuntimeError, match="maybe_initialize called"):
         evaluate.main(DEMO)
+
+
+@pytest.fixture(scope="module")
+def demo_eval():
+    """The demo model, its tokenizer, 7 puzzles and their compact prompts (4 batches of 2)."""
+    from transformers import AutoTokenizer
+
+    from diffpo_jax import tasks
+    from diffpo_jax.convert.hf_import import load_hf
+    from diffpo_jax.sampling import SamplerConfig
+
+    llm = load_hf(demo_sudoku.DEMO_MODEL, param_dtype="float32", compute_dtype="float32")
+    tok = AutoTokenizer.from_pretrained(demo_sudoku.DEMO_MODEL, local_files_only=True, trust_remote_code=False)
+    items = tasks.load_eval_items("sudoku", n=7)
+    ids = evaluate.encode_prompts("sudoku", items, tok, 0,
+                                  lambda it: tasks.format_prompt("sudoku", it, tok, "eval", False, "compact"))
+    cfg = SamplerConfig(rule="eb", gen_length=24, block_length=24)
+    return llm, tok, items, ids, cfg
+
+
+def _gamma_fn(prompt, pmask):  # a per-row γ in [0.05, 1.25] that differs between rows and batches
+    return (0.05 + 0.2 * (np.asarray(prompt).astype(np.int64).sum(1) % 7)).astype(np.float32)
+
+
+def test_run_eval_on_one_process_is_the_plain_batch_loop(demo_eval):
+    """One process: run_eval's records are those of decoding every padded batch in order with key
+    fold_in(key, batch) (today's loop, restated here), with the γ function's forward in the NFE."""
+    from flax import nnx
+
+    from diffpo_jax import tasks
+    from diffpo_jax.sampling import make_sampler
+
+    llm, tok, items, ids, cfg = demo_eval
+    key = jax.random.key(5)
+    records, summary = evaluate.run_eval(llm, tok, "sudoku", items, cfg, batch_size=2, gamma_fn=_gamma_fn, key=key,
+                                         prompt_ids=ids, progress=False)
+    assert evaluate.eval_processes(nnx.state(llm), None) == (0, 1)
+    graphdef, state = nnx.split(llm)
+    sampler, want = make_sampler(graphdef, cfg), []
+    for bi, (s, prompt, pmask, n_real) in enumerate(padded_batches(ids, 2, llm.cfg.pad_token_id)):
+        gamma = _gamma_fn(prompt, pmask)
+        out = sampler(state, prompt, pmask, jax.random.fold_in(key, bi), gamma=gamma)
+        comp, cmask, nfe = (np.asarray(x) for x in (out.tokens, out.completion_mask, out.nfe))
+        for j in range(n_real):
+            text = tok.decode([int(t) for t in comp[j, prompt.shape[1]:][cmask[j]]], skip_special_tokens=False)
+            want.append({"index": s + j, "completion": text, "nfe": int(nfe[j]) + 1, "decode_nfe": int(nfe[j]),
+                         "score": tasks.score("sudoku", text, items[s + j]), "gamma": float(gamma[j])})
+    assert json.dumps(records) == json.dumps(want)
+    assert summary["n"] == 7 and summary["nfe_mean"] == np.mean([r["nfe"] for r in want])
+
+
+def test_run_eval_splits_batches_over_processes(demo_eval, monkeypatch):
+    """Three fake processes without a mesh: process p decodes batches p, p+3, ... only (disjoint,
+    together all 4), and after the gather every process returns the one-process records."""
+    from flax import nnx
+
+    from diffpo_jax import distributed
+
+    llm, tok, items, ids, cfg = demo_eval
+    kw = dict(batch_size=2, gamma_fn=_gamma_fn, key=jax.random.key(5), prompt_ids=ids, progress=False)
+    want = evaluate.run_eval(llm, tok, "sudoku", items, cfg, **kw)
+
+    class Sent(Exception):
+        pass
+
+    sent = {}
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    for p in range(3):
+        monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+        assert evaluate.eval_processes(nnx.state(llm), None) == (p, 3)
+
+        def stack(tree, p=p):
+            sent[p] = tree
+            raise Sent
+
+        monkeypatch.setattr(distributed, "process_stack", stack)
+        with pytest.raises(Sent):
+            evaluate.run_eval(llm, tok, "sudoku", items, cfg, **kw)
+    batches = {p: [int(b) for b in sent[p]["batch"] if b >= 0] for p in range(3)}
+    assert batches == {0: [0, 3], 1: [1], 2: [2]}  # disjoint, and their union is every batch
+    assert all(sent[p]["comp"].shape == (2, 2, 24) for p in range(3))  # ceil(4 / 3) slots each
+    every = {k: np.stack([sent[p][k] for p in range(3)]) for k in sent[0]}
+    for p in range(3):  # what every process returns once the others' batches arrive
+        monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+        monkeypatch.setattr(distributed, "process_stack", lambda tree: every)
+        records, summary = evaluate.run_eval(llm, tok, "sudoku", items, cfg, **kw)
+        assert json.dumps(records) == json.dumps(want[0]) and summary == want[1]
+    # a mesh (its devices split every batch's rows over the hosts) or a model on other processes'
+    # devices: no split, every process runs every batch
+    assert evaluate.eval_processes(nnx.state(llm), object()) == (0, 1)
+
+    class Global:
+        is_fully_addressable = False
+
+    assert evaluate.eval_processes([Global()], None) == (0, 1)
+
+
+def test_process_stack_on_one_process():
+    from diffpo_jax import distributed
+
+    tree = {"a": np.arange(6).reshape(2, 3), "b": np.array([True, False])}
+    out = distributed.process_stack(tree)
+    np.testing.assert_array_equal(out["a"], tree["a"][None])
+    assert out["b"].shape == (1, 2) and out["b"].dtype == bool
