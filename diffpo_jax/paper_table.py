@@ -49,10 +49,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from absl import logging
 
+    from diffpo_jax import distributed
     from diffpo_jax.demo import run_demo
     from diffpo_jax.evaluate import plot_pareto
 
     logging.set_verbosity(logging.WARNING)
+    distributed.maybe_initialize()  # multi-host from the environment; a no-op on one host
     results: dict = {}
     for m in args.methods.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
