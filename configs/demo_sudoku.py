@@ -3,8 +3,9 @@
     python -m diffpo_jax.train --config configs/demo_sudoku.py:joint
     python -m diffpo_jax.demo            # before/after accuracy + NFE and the Pareto plot
 
-METHOD (config argument) in d1 | 2mf | 2mf_is | joint (2-MF + IS + the adaptive EB threshold
-head); the toy-scale paper table runs all four with the same budget and seeds. Rollouts use
+METHOD (config argument) in d1 | 2mf | 2mf_is | exact (the exact trajectory likelihood, the
+surrogates' oracle) | joint (2-MF + IS + the adaptive EB threshold head); the toy-scale paper
+table runs them with the same budget and seeds. Rollouts use
 the EB sampler (gamma = the head's mu(p) + noise when joint, a fixed gamma otherwise).
 """
 
@@ -14,7 +15,7 @@ import ml_collections
 
 from configs import base, tiny_model
 
-METHODS = ("d1", "2mf", "2mf_is", "joint")
+METHODS = ("d1", "2mf", "2mf_is", "exact", "joint")
 DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "diffpo_jax", "assets", "demo_sudoku")
 

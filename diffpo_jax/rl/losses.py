@@ -22,6 +22,11 @@ Clipping metrics (token means over valid tokens; the head's are means over rows)
                         tokens whose policy gradient clipping zeroes (A > 0, ρ > 1+ε or A < 0,
                         ρ < 1−ε). Tokens inside [1−ε, 1+ε] (or with A = 0) count in neither.
     head_clip_frac / head_clip_active_frac: the same two for the threshold head's ratio.
+surrogate_kl = mean over rows of Σ_i m_i (lp_beh_i − lp_old_i): with o drawn from the sampler and
+    lp_beh its own log-probs (RLConfig.likelihood_temperature='sampler'; no KV cache, CFG or
+    logits_eos_inf), a Monte-Carlo estimate of the sequence-level KL(π_θold ‖ π̃_θold) between the
+    sampled policy and the surrogate that scores it (DiFFPO Fig. 2c's gap, per training step);
+    ≈ 0 for method 'exact'.
 ratio_unit='step': tokens sharing an unmask_step form one action: log ρ_s = Σ_{i∈s} (lp − lp_old),
 log w_s = Σ_{i∈s} (lp_old − lp_beh), and each of the s's n_s tokens carries pg_s / n_s, so a step
 counts once and on-policy gradients equal the token unit's.
@@ -191,6 +196,8 @@ def diffpo_policy_loss(logp, old_logp, ref_logp, behaviour_logp, advantages, com
         "is_weight_mean": Weighted((w * m).sum(), n_tok),
         "is_clamp_frac": Weighted(((w >= cfg.clamp_c * (1 - 1e-6)) * m).sum() if use_is else 0.0 * n_tok, n_tok),
         "tokens": Weighted(n_tok, jnp.float32(completion_mask.shape[0])),
+        "surrogate_kl": Weighted(jax.lax.stop_gradient((behaviour_logp - old_logp) * m).sum(),
+                                 jnp.float32(completion_mask.shape[0])),
     }
     maxima = {"ratio_max": jnp.max(jnp.where(m > 0, ratio_ng, 0.0)),
               "is_weight_max": jnp.max(jnp.where(m > 0, w, 0.0))}
