@@ -15,14 +15,20 @@ better *and* with fewer forward passes, on a laptop CPU in a few minutes.
 4. Evaluates the trained model with its adaptive sampler (γ = μ_φ(p) per prompt) and the
    same fixed γ values, prints before/after accuracy and NFE, writes `pareto.png` and
    `summary.json`.
+5. The fair comparison: the SFT model with the fixed-γ EB sampler at the γ whose mean NFE
+   matches the trained model's main point (`sft_equal_nfe`: log γ interpolated against NFE
+   on the SFT points, then a secant refinement or two), and a verdict line computed from
+   the numbers (`equal_nfe_gain`: cell and puzzle points of the trained model over it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +45,95 @@ def _evaluate(llm, tokenizer, config, items, ids, scfg, gamma_fn=None) -> dict:
     return summary
 
 
-def fixed_gamma_points(llm, tokenizer, config, items, ids, series: str) -> list[dict]:
-    """Fixed-γ EB points ({label, series, accuracy, nfe_mean, ...}) for the Pareto plot."""
+def fixed_gamma_points(llm, tokenizer, config, items, ids, series: str,
+                       gammas: Sequence[float] | None = None) -> list[dict]:
+    """Fixed-γ EB points ({label, series, accuracy, nfe_mean, ...}) for the Pareto plot, at
+    `gammas` (default config.eval.gammas)."""
     base = experiment.sampler_config(config.eval, llm.cfg, "eval")
     return [{"label": f"γ={g:g}", "series": series, "gamma": g,
              **_evaluate(llm, tokenizer, config, items, ids, base.replace(gamma=float(g)))}
-            for g in config.eval.gammas]
+            for g in (config.eval.gammas if gammas is None else gammas)]
+
+
+NFE_TOL = 0.25  # |NFE(SFT at γ) - NFE(trained model)| that counts as equal NFE
+
+
+def gamma_for_nfe(points: Sequence[tuple[float, float]], target_nfe: float,
+                  max_factor: float = 4.0) -> tuple[float, bool]:
+    """(γ to try next, bracketed): the fixed γ at which the EB sampler's mean NFE should be
+    `target_nfe`, from evaluated (γ, nfe_mean) `points` (NFE falls as γ grows). Bracketed:
+    log γ linear in NFE between the points closest above and below the target. Otherwise
+    (the target is beyond every point) the secant through the two points nearest the target,
+    its step capped at a factor `max_factor` in γ (×/÷ 2 when the points give no usable slope)."""
+    pts = sorted({(float(g), float(n)) for g, n in points if g > 0})
+    if not pts:
+        raise ValueError("gamma_for_nfe: needs at least one point with γ > 0")
+    above = [p for p in pts if p[1] >= target_nfe]
+    below = [p for p in pts if p[1] <= target_nfe]
+    if above and below:
+        ga, na = min(above, key=lambda p: (p[1], -p[0]))  # the smallest NFE >= target (largest γ on ties)
+        gb, nb = max(below, key=lambda p: (p[1], -p[0]))  # the largest NFE <= target (smallest γ on ties)
+        if na == nb:
+            return math.sqrt(ga * gb), True
+        t = (na - target_nfe) / (na - nb)
+        return math.exp(math.log(ga) + t * (math.log(gb) - math.log(ga))), True
+    near = sorted(pts, key=lambda p: abs(p[1] - target_nfe))
+    g1, n1 = near[0]
+    other = next((p for p in near[1:] if p[1] != n1), None)
+    slope = None if other is None else (math.log(other[0]) - math.log(g1)) / (other[1] - n1)
+    if slope is None or slope >= 0:  # no slope, or NFE not falling with γ: step by 2 the right way
+        return (g1 * 2.0 if target_nfe < n1 else g1 / 2.0), False
+    step = max(-math.log(max_factor), min(math.log(max_factor), (target_nfe - n1) * slope))
+    return g1 * math.exp(step), False
+
+
+def match_nfe(eval_at: Callable[[float], dict], points: Sequence[tuple[float, float]], target_nfe: float,
+              tol: float = NFE_TOL, max_evals: int = 3) -> tuple[dict, list[dict]]:
+    """(closest, tried): evaluate `eval_at(γ)` (a summary with `nfe_mean`) at `gamma_for_nfe`'s γ,
+    then again with every evaluation added to the points (a secant / regula-falsi step) while
+    the NFE is off by more than `tol`, at most `max_evals` evaluations. `closest` is the tried
+    summary whose NFE is nearest the target, with `gamma`, `target_nfe`, `nfe_gap` and `matched`."""
+    known = [(float(g), float(n)) for g, n in points]
+    tried: list[dict] = []
+    for _ in range(max_evals):
+        g, _ = gamma_for_nfe(known, target_nfe)
+        if any(abs(g - t["gamma"]) <= 1e-6 * g for t in tried):
+            break  # the search is not moving (an NFE plateau)
+        out = {**eval_at(g), "gamma": g}
+        tried.append(out)
+        known.append((g, float(out["nfe_mean"])))
+        if abs(out["nfe_mean"] - target_nfe) <= tol:
+            break
+    best = dict(min(tried, key=lambda t: abs(t["nfe_mean"] - target_nfe)))
+    gap = float(best["nfe_mean"]) - float(target_nfe)
+    best.update(target_nfe=float(target_nfe), nfe_gap=gap, matched=abs(gap) <= tol)
+    return best, tried
+
+
+def _signed(x: float) -> str:
+    return f"{'+' if x >= 0 else '−'}{abs(x):.1f}"
+
+
+def equal_nfe_verdict(after: dict, sft: dict, tol: float = NFE_TOL) -> tuple[dict, str]:
+    """({cells, puzzles}: points of `after` over `sft`, the verdict line) from two summaries
+    (accuracy, puzzle_accuracy, nfe_mean). Beats = no worse on both and better on one."""
+    cells = 100 * (float(after["accuracy"]) - float(sft["accuracy"]))
+    puzzles = 100 * (float(after["puzzle_accuracy"]) - float(sft["puzzle_accuracy"]))
+    gain = {"cells": round(cells, 3), "puzzles": round(puzzles, 3)}
+    nfes = f"({after['nfe_mean']:.2f} vs {sft['nfe_mean']:.2f})"
+    if abs(float(after["nfe_mean"]) - float(sft["nfe_mean"])) <= tol:
+        where = f"at equal NFE {nfes}"
+    else:
+        where = (f"at the closest NFE the SFT model reached {nfes}, NOT equal (γ={sft.get('gamma', float('nan')):.3g} "
+                 f"is at the edge of the search)")
+    numbers = f"{_signed(cells)} cell points / {_signed(puzzles)} puzzle points"
+    if cells >= 0 and puzzles >= 0 and (cells > 0 or puzzles > 0):
+        text = f"{where} RL is {numbers} over the SFT model"
+    elif cells <= 0 and puzzles <= 0:
+        text = f"{where} RL does NOT beat the SFT model ({numbers})"
+    else:
+        text = f"{where} RL is mixed against the SFT model ({numbers})"
+    return gain, "[demo] " + text
 
 
 def adaptive_point(policy, tokenizer, config, items, ids, rl_cfg, series: str) -> dict:
@@ -103,6 +192,7 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, 
     one_per_step = eval_cfg.replace(rule="fixed", steps=eval_cfg.gen_length)
     before_fixed = _evaluate(llm, tokenizer, config, items, ids, one_per_step)
     ref_gamma = float(config.eval.gamma)
+    sweep_gammas = tuple(float(g) for g in config.eval.gammas)
     if sweep:
         config.eval.gammas = tuple(sorted(set(config.eval.gammas) | {ref_gamma}))
     else:
@@ -117,25 +207,41 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, 
     t_train = time.perf_counter() - t_train
     policy = result.policy
     after = fixed_gamma_points(policy.llm, tokenizer, config, items, ids, f"{method} model, fixed γ")
-    points = before + after
     after_main = next(p for p in after if abs(p["gamma"] - ref_gamma) < 1e-9)
     if rl_cfg.joint_sampler:
         after_main = adaptive_point(policy, tokenizer, config, items, ids, rl_cfg, f"{method}, adaptive γ=μ(p)")
-        points.append(after_main)
+    # The fair comparison: the SFT model (`llm` is untouched: train() loads its own copy) at the
+    # fixed γ whose mean NFE matches the trained model's main point (as reported, head forward included).
+    target = float(after_main["nfe_mean"])
+    sft_known = list(before)
+    if not sweep:  # only the ref point so far: bracket the target with the sweep's γ on its side
+        side = [g for g in sweep_gammas
+                if (g > ref_gamma if target < before_ref["nfe_mean"] else g < ref_gamma)]
+        sft_known += fixed_gamma_points(llm, tokenizer, config, items, ids, "SFT model, fixed γ", side)
+    base = experiment.sampler_config(config.eval, llm.cfg, "eval")
+    eval_at = lambda g: _evaluate(llm, tokenizer, config, items, ids, base.replace(gamma=float(g)))  # noqa: E731
+    sft_eq, tried = match_nfe(eval_at, [(p["gamma"], p["nfe_mean"]) for p in sft_known], target)
+    sft_eq.update(label=f"γ={sft_eq['gamma']:.3g} (equal NFE)", series="SFT model, fixed γ",
+                  tries=[{"gamma": t["gamma"], "nfe_mean": t["nfe_mean"], "accuracy": t["accuracy"]} for t in tried])
+    gain, verdict = equal_nfe_verdict(after_main, sft_eq)
+    points = sft_known + [sft_eq] + after + ([after_main] if rl_cfg.joint_sampler else [])
     plot = evaluate.plot_pareto(points, os.path.join(out_dir, "pareto.png"),
                                 f"4x4 Sudoku, tiny dLLM: before vs after {method}")
     summary = {"method": method, "seed": seed, "steps": int(config.train.steps), "n_eval": len(items),
                "before": before_ref, "before_one_token_per_step": before_fixed, "after": after_main,
+               "sft_equal_nfe": sft_eq, "equal_nfe_gain": gain, "equal_nfe_verdict": verdict,
                "points": points, "train_seconds": round(t_train, 1),
                "total_seconds": round(time.perf_counter() - t0, 1)}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     say("")
-    say(f"{'':28}{'accuracy':>10}{'puzzles':>10}{'mean NFE':>10}")
-    for name, p in (("before (SFT, EB γ=%g)" % before_ref["gamma"], before_ref),
-                    (f"after ({after_main['label'] if rl_cfg.joint_sampler else 'EB γ=%g' % after_main['gamma']})",
-                     after_main)):
-        say(f"{name:28}{100 * p['accuracy']:>9.1f}%{100 * p['puzzle_accuracy']:>9.1f}%{p['nfe_mean']:>10.2f}")
+    say(f"{'':36}{'accuracy':>10}{'puzzles':>10}{'mean NFE':>10}")
+    after_name = after_main["label"] if rl_cfg.joint_sampler else "EB γ=%g" % after_main["gamma"]
+    for name, p in ((f"before (SFT, EB γ={before_ref['gamma']:g})", before_ref),
+                    (f"SFT, EB γ={sft_eq['gamma']:.3g} (equal NFE)", sft_eq),
+                    (f"after ({after_name})", after_main)):
+        say(f"{name:36}{100 * p['accuracy']:>9.1f}%{100 * p['puzzle_accuracy']:>9.1f}%{p['nfe_mean']:>10.2f}")
+    say(verdict)
     say(f"[demo] accuracy = d1's Sudoku cell accuracy; 'puzzles' = fully solved grids. Training {t_train:.0f} s, "
         f"total {summary['total_seconds']:.0f} s. Plot: {plot}; numbers: {out_dir}/summary.json")
     return summary
