@@ -92,8 +92,12 @@ def paired_table(results: dict) -> str:
     for m, runs in results.items():
         row(f"{LABELS.get(m, m)} − SFT model", [s["after"] for s in runs], [s["before"] for s in runs])
     for a, b in PAIRS:
-        if a in results and b in results and len(results[a]) == len(results[b]):
-            row(f"{LABELS[a]} − {LABELS[b]}", [s["after"] for s in results[a]], [s["after"] for s in results[b]])
+        if a in results and b in results:  # paired by seed: only the seeds both methods ran
+            by_seed = {s.get("seed"): s for s in results[b]}
+            both = [s for s in results[a] if s.get("seed") in by_seed]
+            if both:
+                row(f"{LABELS[a]} − {LABELS[b]}", [s["after"] for s in both],
+                    [by_seed[s.get("seed")]["after"] for s in both])
     return "\n".join(lines)
 
 

@@ -22,20 +22,22 @@ def test_main_calls_maybe_initialize_before_any_run(monkeypatch, tmp_path):
     assert calls == ["maybe_initialize", "run_demo"]
 
 
-def _summary(before_acc, after_acc, nfe=10.0):
+def _summary(before_acc, after_acc, seed, nfe=10.0):
     pt = lambda a, n: {"accuracy": a, "puzzle_accuracy": a / 2, "nfe_mean": n, "gamma": 0.3}  # noqa: E731
-    return {"before": pt(before_acc, 12.0), "after": pt(after_acc, nfe)}
+    return {"seed": seed, "before": pt(before_acc, 12.0), "after": pt(after_acc, nfe)}
 
 
 def test_paired_table_pairs_by_seed_and_says_within_noise():
-    results = {"d1": [_summary(0.5, 0.52), _summary(0.5, 0.60), _summary(0.5, 0.55)],
-               "2mf": [_summary(0.5, 0.53), _summary(0.5, 0.61), _summary(0.5, 0.56)]}
+    results = {"d1": [_summary(0.5, 0.52, 0), _summary(0.5, 0.60, 1), _summary(0.5, 0.55, 2)],
+               "2mf": [_summary(0.5, 0.61, 1), _summary(0.5, 0.56, 2), _summary(0.5, 0.53, 0)],  # another order
+               "2mf_is": [_summary(0.5, 0.70, 5)]}  # no seed in common with d1 / 2mf
     lines = paper_table.paired_table(results).splitlines()
     two_vs_d1 = next(line for line in lines if line.startswith("| 2-MF − d1"))
     assert "| 1.0 ± 0.0 |" in two_vs_d1 and "higher" in two_vs_d1  # +1 point in every seed: no noise
     d1_vs_sft = next(line for line in lines if line.startswith("| d1 (mean-field) − SFT"))
     assert "5.7 ±" in d1_vs_sft and "-2.00" in d1_vs_sft  # mean of +2, +10, +5 cell points; NFE 10 vs 12
-    assert not any(line.startswith("| 2-MF + IS") for line in lines)  # absent methods make no rows
+    is_rows = [line.split(" | ")[0] for line in lines if line.startswith("| 2-MF + IS −")]
+    assert is_rows == ["| 2-MF + IS − SFT model"]  # no seed in common with d1 / 2-MF: no paired row
 
 
 def test_parse_set_and_settings_guard(tmp_path):
