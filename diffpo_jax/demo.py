@@ -218,8 +218,7 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, 
         side = [g for g in sweep_gammas
                 if (g > ref_gamma if target < before_ref["nfe_mean"] else g < ref_gamma)]
         sft_known += fixed_gamma_points(llm, tokenizer, config, items, ids, "SFT model, fixed γ", side)
-    base = experiment.sampler_config(config.eval, llm.cfg, "eval")
-    eval_at = lambda g: _evaluate(llm, tokenizer, config, items, ids, base.replace(gamma=float(g)))  # noqa: E731
+    eval_at = lambda g: fixed_gamma_points(llm, tokenizer, config, items, ids, "SFT model, fixed γ", [g])[0]  # noqa: E731
     sft_eq, tried = match_nfe(eval_at, [(p["gamma"], p["nfe_mean"]) for p in sft_known], target)
     sft_eq.update(label=f"γ={sft_eq['gamma']:.3g} (equal NFE)", series="SFT model, fixed γ",
                   tries=[{"gamma": t["gamma"], "nfe_mean": t["nfe_mean"], "accuracy": t["accuracy"]} for t in tried])

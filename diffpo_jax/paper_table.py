@@ -35,10 +35,9 @@ PAIRS = (("2mf", "d1"), ("2mf_is", "d1"), ("exact", "d1"), ("joint", "d1"), ("2m
          ("exact", "2mf_is"), ("joint", "2mf_is"))
 
 
-def _pm(x: np.ndarray, fmt: str = ".1f", sign: str = "") -> str:
+def _pm(x: np.ndarray, digits: int = 1, signed: bool = False) -> str:
     """'mean ± 95% CI half-width' over seeds."""
-    m, h = mean_ci(x)
-    return f"{m:{sign}{fmt}}" if np.isnan(h) else f"{m:{sign}{fmt}} ± {h:{fmt.lstrip('+')}}"
+    return fmt_ci(*mean_ci(x), digits=digits, signed=signed)
 
 
 def _gain(runs: list[dict], key: str) -> str:
@@ -48,7 +47,7 @@ def _gain(runs: list[dict], key: str) -> str:
     if not runs or any("equal_nfe_gain" not in s for s in runs):
         return "—"
     mark = " †" if any(not s["sft_equal_nfe"].get("matched", True) for s in runs) else ""
-    return _pm(np.array([s["equal_nfe_gain"][key] for s in runs]), sign="+") + mark
+    return _pm(np.array([s["equal_nfe_gain"][key] for s in runs]), signed=True) + mark
 
 
 def _row(name: str, pts: list[dict], runs: list[dict] | None = None) -> str:
@@ -56,7 +55,7 @@ def _row(name: str, pts: list[dict], runs: list[dict] | None = None) -> str:
     puz = np.array([p["puzzle_accuracy"] for p in pts]) * 100
     nfe = np.array([p["nfe_mean"] for p in pts])
     gains = f"{_gain(runs, 'cells')} | {_gain(runs, 'puzzles')}" if runs is not None else "— | —"
-    return f"| {name} | {_pm(acc)} | {_pm(puz)} | {_pm(nfe, '.2f')} | {gains} | {len(pts)} |"
+    return f"| {name} | {_pm(acc)} | {_pm(puz)} | {_pm(nfe, 2)} | {gains} | {len(pts)} |"
 
 
 def make_table(results: dict) -> str:

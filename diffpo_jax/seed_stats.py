@@ -31,9 +31,10 @@ def paired_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> 
     return mean_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64), level)
 
 
-def fmt_ci(mean: float, half: float, digits: int = 1) -> str:
-    """'74.5 ± 1.2' (or '74.5' when the interval is undefined)."""
-    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+def fmt_ci(mean: float, half: float, digits: int = 1, signed: bool = False) -> str:
+    """'74.5 ± 1.2' (or '74.5' when the interval is undefined); signed: '+74.5 ± 1.2'."""
+    m = f"{mean:{'+' if signed else ''}.{digits}f}"
+    return m if math.isnan(half) else f"{m} ± {half:.{digits}f}"
 
 
 def verdict(mean: float, half: float) -> str:

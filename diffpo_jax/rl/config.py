@@ -126,5 +126,13 @@ class RLConfig:
             return "exact"
         return "2mf" if self.method.startswith("2mf") else "mf"
 
+    @property
+    def head_nfe(self) -> int:
+        """Forwards the threshold head adds to each row's reported NFE: its prompt forward
+        `[p, M…M]` (1 with the joint sampler, else 0). The batch's `nfe` stays the decoding steps
+        T_b (2-MF draws τ from them); every reported NFE (rollout info, train metrics, evaluation)
+        adds this, so NFE counts every model forward a row's completion depends on."""
+        return 1 if self.joint_sampler else 0
+
     def replace(self, **kw) -> "RLConfig":
         return dataclasses.replace(self, **kw)

@@ -10,7 +10,7 @@ threshold head gives μ_φ(p) from one forward of `[p, M…M]` per prompt (promp
 computed with the rollout-time LoRA, i.e. θ_old), and each row decodes with its own
 γ = clip(μ + σ ε, 0, γ_max) (SPEC §5); the raw draws and the features go into the batch
 (`gamma_raw [B]`, `head_features [B, D]`) so the head's PPO ratio is a function of φ alone.
-That prompt forward is counted in the reported NFE (`head_nfe`). The batch records the
+That prompt forward is counted in the reported NFE (`RLConfig.head_nfe`). The batch records the
 rollout temperature `[B]` and the behaviour log-probs of the distribution sampled
 (`behaviour_logp`).
 
@@ -52,14 +52,6 @@ def behaviour_logp(out, temperature: float, cfg: RLConfig) -> jax.Array:
     if temperature > 0 and cfg.likelihood_temperature == "sampler":
         return out.behaviour_logp_tempered
     return out.behaviour_logp
-
-
-def head_nfe(cfg: RLConfig) -> int:
-    """Forwards the threshold head adds to each row's reported NFE: its prompt forward
-    `[p, M…M]` (1 with the joint sampler, else 0). The batch's `nfe` stays the decoding steps
-    T_b (2-MF draws τ from them); every reported NFE (rollout info, train metrics, evaluation)
-    adds this, so NFE counts every model forward a row's completion depends on."""
-    return 1 if cfg.joint_sampler else 0
 
 
 def head_mu(policy: Policy, prompt: jax.Array, prompt_mask: jax.Array, gen_length: int,
@@ -134,7 +126,7 @@ def rollout(policy: Policy, sampler: Sampler, prompt_rows: np.ndarray, mask_rows
         batch["gamma_raw"], batch["head_features"] = gamma_raw, feats
     everyone = lambda x: host_value(global_batch(x, mesh))  # noqa: E731  (all processes' rows)
     info = {"texts": texts, "reward_components": {k: everyone(v) for k, v in per_comp.items()},
-            "rewards": host_value(rewards_global), "nfe": host_value(out.nfe) + head_nfe(cfg),
+            "rewards": host_value(rewards_global), "nfe": host_value(out.nfe) + cfg.head_nfe,
             "completion_length": host_value(out.completion_length),
             "gamma": None if gamma is None else host_value(gamma)}
     return batch, info

@@ -144,8 +144,8 @@ def validate_batch(batch: dict, cfg: RLConfig) -> None:
         raise ValueError(f"RL batch is missing {missing}; see diffpo_jax.rl.train_step docstring for the contract")
     b, length = batch["completion"].shape
     expect = {"completion_mask": (b, length), "unmask_step": (b, length), "behaviour_logp": (b, length),
-              "old_logp": (b, length), "ref_logp": (b, length), "nfe": (b,), "rewards": (b,), "row_id": (b,), "temperature": (b,),
-              "gamma_raw": (b,), "head_old_logp": (b,), "prompt": (b, batch["prompt"].shape[1]),
+              "old_logp": (b, length), "ref_logp": (b, length), "nfe": (b,), "rewards": (b,), "row_id": (b,),
+              "temperature": (b,), "gamma_raw": (b,), "head_old_logp": (b,), "prompt": (b, batch["prompt"].shape[1]),
               "prompt_mask": (b, batch["prompt"].shape[1])}
     for k, shape in expect.items():
         if k in batch and tuple(batch[k].shape) != shape:
@@ -317,7 +317,7 @@ def _finalise_metrics(aux, loss, grad_norm, ok, batch, cfg: RLConfig) -> dict:
     if "neg_mu_min" in out:
         out["mu_min"] = -out.pop("neg_mu_min")
     r = batch["rewards"].astype(jnp.float32)
-    nfe = batch["nfe"].astype(jnp.float32) + (1.0 if cfg.joint_sampler else 0.0)  # + the head's forward
+    nfe = batch["nfe"].astype(jnp.float32) + cfg.head_nfe  # + the head's prompt forward
     out.update(loss=loss, grad_norm=grad_norm, skipped=1 - ok.astype(jnp.int32), reward_mean=r.mean(),
                reward_std=r.std(), adv_abs_mean=jnp.abs(batch["advantages"]).mean(), nfe_mean=nfe.mean(),
                nfe_max=nfe.max())
