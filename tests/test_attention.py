@@ -86,8 +86,8 @@ def test_llada_forward_and_cache_window_with_splash():
     pmask = jnp.arange(40)[None, :] >= jnp.array([[0], [6]])
     np.testing.assert_allclose(np.asarray(splash(tokens, pmask)), np.asarray(model(tokens, pmask)), atol=1e-4)
     _, ck, cv = model.hidden_and_kv(tokens)
-    win = model.hidden_with_cache(tokens[:, 16:24], 16, ck, cv)
-    win_splash = splash.hidden_with_cache(tokens[:, 16:24], 16, ck, cv)
+    win = model.hidden_with_cache(tokens, 16, 8, ck, cv)
+    win_splash = splash.hidden_with_cache(tokens, 16, 8, ck, cv)
     np.testing.assert_allclose(np.asarray(win_splash), np.asarray(win), atol=1e-4)
 
 

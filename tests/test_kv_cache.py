@@ -1,7 +1,7 @@
 """Prefix / dual KV cache of the sampler (SamplerConfig.kv_cache) and the model methods behind it.
 
 What is exact and what is not:
-  * `LLaDA.hidden_with_cache` with a cache of the *same* tokens equals `hidden()` on its window.
+  * `Transformer.hidden_with_cache` with a cache of the *same* tokens equals `hidden()` on its window.
   * The first forward of every block is a full forward (= the uncached logits of that state).
   * With ONE layer the cache is exact: layer-0 keys/values of position i depend only on
     (token_i, i), and cached positions keep their tokens within a block, so cached and
@@ -64,7 +64,8 @@ def _fns(model, lora):
         g, state = nnx.split(model)
         _JIT[key] = (state, jax.jit(lambda s, z, pm: nnx.merge(g, s).hidden(z, pm, lora=lora)),
                      jax.jit(lambda s, z, pm: nnx.merge(g, s).hidden_and_kv(z, pm, lora=lora)[1:]),
-                     jax.jit(lambda s, z, i, k, v, pm: nnx.merge(g, s).hidden_with_cache(z, i, k, v, pm, lora=lora)),
+                     jax.jit(lambda s, z, i, k, v, pm, w: nnx.merge(g, s).hidden_with_cache(z, i, w, k, v, pm, lora=lora),
+                             static_argnums=6),
                      jax.jit(lambda s, h: nnx.merge(g, s).logits_from_hidden(h).astype(jnp.float32)))
     return _JIT[key]
 
@@ -115,7 +116,7 @@ def _replay(model, cfg, tokens, mask, out):
                     k, v = kv(state, rows(z), pm)
                 else:
                     end = p + cfg.gen_length if cfg.kv_cache == "prefix" else hi
-                    h = win(state, rows(z)[:, lo:end], lo, k, v, pm)[:, :lb]
+                    h = win(state, rows(z), lo, k, v, pm, end - lo)[:, :lb]
                 record("cached", h, b, lo, hi, now)
     return res
 
@@ -142,9 +143,9 @@ def test_hidden_with_cache_is_exact_for_a_fresh_cache(two_layer):
     k, v = kv(state, toks, pm)
     assert k.shape == v.shape == (2, 2, 24, model.cfg.n_kv_heads, model.cfg.head_dim)
     for start, width in [(0, 24), (8, 8), (16, 8)]:
-        hw = win(state, toks[:, start:start + width], start, k, v, pm)
+        hw = win(state, toks, start, k, v, pm, width)
         np.testing.assert_allclose(hw, h_ref[:, start:start + width], atol=1e-4)
-    stale = win(state, toks[:, 8:16], 8, k.at[:, :, :8].set(0.0), v, pm)
+    stale = win(state, toks, 8, k.at[:, :, :8].set(0.0), v, pm, 8)
     assert np.abs(stale - h_ref[:, 8:16]).max() > 1e-3  # the cache really is read
 
 
@@ -270,9 +271,9 @@ def test_model_without_cache_methods_is_refused():
 class _CountingBlocks(_Counting):
     """_Counting that also logs where each window forward starts."""
 
-    def hidden_with_cache(self, part, start, *a, **k):
+    def hidden_with_cache(self, tokens, start, *a, **k):
         jax.debug.callback(lambda s: self.log.append(("window", int(s))), start)
-        return self.model.hidden_with_cache(part, start, *a, **k)
+        return self.model.hidden_with_cache(tokens, start, *a, **k)
 
 
 @pytest.mark.parametrize("steps", [3, 6, 12, 18])  # 1, 2, 4 (= block_length), 6 (> block_length) per block

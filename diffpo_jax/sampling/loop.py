@@ -23,8 +23,8 @@ are cut to each row's block `[B, Lb, D]` before the LM head, so `[B, Lb, V]` (no
 
 KV cache (`cfg.kv_cache` 'prefix' | 'dual', Fast-dLLM's approximate cache): the loop runs
 one iteration per block; it starts with the full forward above, which also returns every
-layer's post-RoPE keys and values `[N, B, P+L, Hkv, hd]` (`LLaDA.hidden_and_kv`), and an inner
-`lax.while_loop` then runs the block's later steps with `LLaDA.hidden_with_cache` on a window
+layer's post-RoPE keys and values `[N, B, P+L, Hkv, hd]` (`Transformer.hidden_and_kv`), and an inner
+`lax.while_loop` then runs the block's later steps with `Transformer.hidden_with_cache` on a window
 only: 'prefix' = the current block and everything after it (`L - j*Lb` positions in block j;
 one `lax.switch` branch per block, so each has a static width), 'dual' = the current block
 alone (`Lb`). Inside such a forward the window's fresh keys/values replace the cached ones;
@@ -168,8 +168,7 @@ def _window_logits(model, cfg: SamplerConfig, x, padding_mask, blk, cache, promp
     x, padding_mask = _model_rows(cfg, x, padding_mask, prompt_len, mask_id)
 
     def window(start, width):
-        part = jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
-        h = model.hidden_with_cache(part, start, cache[0], cache[1], padding_mask, lora=cfg.lora)
+        h = model.hidden_with_cache(x, start, width, cache[0], cache[1], padding_mask, lora=cfg.lora)
         return model.logits_from_hidden(h[:, :lb])
 
     if cfg.kv_cache == "dual":
@@ -206,7 +205,7 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
     mcfg = getattr(model, "cfg", None)
     if cfg.uses_cache and not (hasattr(model, "hidden_and_kv") and hasattr(model, "hidden_with_cache")):
         raise ValueError(f"SamplerConfig.kv_cache={cfg.kv_cache!r} needs a model with hidden_and_kv() and "
-                         f"hidden_with_cache() (diffpo_jax.models.llada.LLaDA); {type(model).__name__} has "
+                         f"hidden_with_cache() (diffpo_jax.models.transformer.Transformer); {type(model).__name__} has "
                          "not; use kv_cache='none'")
     mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else mcfg.mask_token_id
     eos_id = cfg.eos_token_id if cfg.eos_token_id is not None else mcfg.eos_token_id
