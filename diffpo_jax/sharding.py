@@ -59,6 +59,9 @@ PARAM_AXES = {
     "attn_norm": ("layers", "norm"),
     "ff_norm": ("layers", "norm"),
     **{name: ("layers", i, o) for name, (i, o) in _PROJ_AXES.items()},
+    # q/k/v biases (qkv_bias families, e.g. Dream): sharded like their projection's output
+    **{bias: ("layers", _PROJ_AXES[proj][1]) for bias, proj in (("q_bias", "q_proj"), ("k_bias", "k_proj"),
+                                                                 ("v_bias", "v_proj"))},
 }
 
 
