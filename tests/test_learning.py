@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffpo_jax.models import llada
+from diffpo_jax.models import dream, llada
 from diffpo_jax.models.threshold_head import Policy, ThresholdHead
 from diffpo_jax.rl import RLConfig
 from diffpo_jax.rl.rollout import rollout
@@ -40,32 +40,34 @@ class IdTokenizer:
         return " ".join(str(int(i)) for i in ids)
 
 
-def tiny_llm():
-    """The tiny random LLaDA with an LM head of std HEAD_STD, and the target set `[V] bool`:
+def tiny_llm(family: str = "llada"):
+    """The tiny random LLaDA (or Dream-architecture model) with an LM head of std HEAD_STD, and the target set `[V] bool`:
     the tokens whose LM-head column has a positive coordinate TARGET_DIM (about half the
     vocabulary), which LoRA can favour all at once by moving the final hidden state along that
     coordinate; the untrained model puts ≈ 15% (fixed rule) / 23% (EB) of its tokens there."""
-    llm = llada.LLaDA(llada.tiny(lora_rank=4, lora_alpha=8.0), rngs=nnx.Rngs(0))
+    preset = {"llada": llada.tiny, "dream": dream.tiny}[family]
+    llm = llada.LLaDA(preset(lora_rank=4, lora_alpha=8.0), rngs=nnx.Rngs(0))
     llm.lm_head[...] = llm.lm_head[...] * (HEAD_STD / 0.02)
     return llm, np.asarray(llm.lm_head[...][TARGET_DIM] > 0)
 
 
-TARGET = tiny_llm()[1]
+TARGETS = {family: tiny_llm(family)[1] for family in ("llada", "dream")}
 
 
-def target_fraction(text: str) -> float:
+def target_fraction(text: str, family: str = "llada") -> float:
     """Fraction of the L completion positions holding a target token (valid tokens only: after
     the first EOS nothing counts)."""
-    return sum(bool(TARGET[int(t)]) for t in text.split()) / L
+    return sum(bool(TARGETS[family][int(t)]) for t in text.split()) / L
 
 
-def run(method: str, *, joint: bool = False, flip: bool = False, nfe_lambda: float = 0.0, steps: int = STEPS):
+def run(method: str, *, joint: bool = False, flip: bool = False, nfe_lambda: float = 0.0, steps: int = STEPS,
+        family: str = "llada"):
     """Train; returns (true reward per step [steps], mean reported NFE per step [steps])."""
     cfg = RLConfig(method=method, joint_sampler=joint, num_generations=G, num_inner=2, beta=0.0, epsilon=0.2,
                    lr=LR, grad_clip=1.0, weight_decay=0.0, p_mask=0.15, logprob_chunk=8, clamp_c=2.0,
                    gamma_max=16.0, gamma_init=2.0, sigma=2.0, head_hidden=16, head_lr_scale=5.0,
                    nfe_lambda=nfe_lambda, nfe_ref=float(L))
-    llm = tiny_llm()[0]
+    llm = tiny_llm(family)[0]
     head = ThresholdHead(llm.cfg.d_model, gamma_max=cfg.gamma_max, gamma_init=cfg.gamma_init,
                          hidden=cfg.head_hidden, rngs=nnx.Rngs(1)) if joint else None
     ts = init_train_state(Policy(llm, head), cfg)
@@ -78,14 +80,14 @@ def run(method: str, *, joint: bool = False, flip: bool = False, nfe_lambda: flo
     pmask = np.ones_like(prompts, bool)
     items = [{}] * len(prompts)
     sign = -1.0 if flip else 1.0
-    reward_fn = lambda text, item: {"target": sign * target_fraction(text)}  # noqa: E731
+    reward_fn = lambda text, item: {"target": sign * target_fraction(text, family)}  # noqa: E731
     trainable, opt_state = ts.trainable, ts.opt_state
     rewards, nfes = [], []
     for step in range(steps):
         k_roll, k_inner = jax.random.split(jax.random.fold_in(jax.random.key(0), step))
         policy = nnx.merge(ts.graphdef, trainable, ts.frozen)
         batch, info = rollout(policy, sampler, prompts, pmask, items, reward_fn, k_roll, cfg, IdTokenizer())
-        rewards.append(float(np.mean([target_fraction(t) for t in info["texts"]])))
+        rewards.append(float(np.mean([target_fraction(t, family) for t in info["texts"]])))
         nfes.append(float(info["nfe"].mean()))
         trainable, opt_state, metrics = update(trainable, opt_state, ts.frozen, batch, k_inner, cfg, step_fn,
                                                score_fn)
@@ -116,5 +118,13 @@ def test_joint_raises_the_reward_and_lowers_nfe():
     """λ = 1: the head learns larger γ (measured: NFE 7.5 -> 2.0, the head's forward included)
     while the model learns the reward (0.23 -> 1.0)."""
     rewards, nfe = run("2mf_is", joint=True, nfe_lambda=1.0)
+    assert gain(rewards) > 0.3, f"rewards {np.round(rewards, 3)}"
+    assert gain(nfe) < -2.0, f"NFE {np.round(nfe, 2)}"
+
+
+def test_dream_family_learns_through_the_same_path():
+    """The same joint run on a Dream-architecture model (GQA, q/k/v biases, the logit shift
+    inside the model): the model learns the reward and the head lowers NFE."""
+    rewards, nfe = run("2mf_is", joint=True, nfe_lambda=1.0, family="dream")
     assert gain(rewards) > 0.3, f"rewards {np.round(rewards, 3)}"
     assert gain(nfe) < -2.0, f"NFE {np.round(nfe, 2)}"
