@@ -1,8 +1,11 @@
-"""CLI: HF LLaDA checkpoint <-> diffpo-jax params checkpoint (orbax).
+"""CLI: HF LLaDA or Dream checkpoint <-> diffpo-jax params checkpoint (orbax).
 
   python -m diffpo_jax.convert import --hf_dir /ckpt/LLaDA-8B-Instruct --out /ckpt/llada_jax
   python -m diffpo_jax.convert export --ckpt /ckpt/llada_jax --out /ckpt/llada_hf \
       --source_dir /ckpt/LLaDA-8B-Instruct
+  python -m diffpo_jax.convert import --hf_dir /ckpt/Dream-v0-Instruct-7B --out /ckpt/dream_jax --family dream
+The family (LLaDA: model_type 'llada'; Dream: model_type 'Dream') is read from config.json on
+import and from the params checkpoint's config on export.
 """
 
 from __future__ import annotations
@@ -12,15 +15,22 @@ import sys
 from typing import Optional, Sequence
 
 EPILOG = """\
+Families: LLaDA (GSAI-ML/LLaDA-8B-Instruct, config.json model_type 'llada') and Dream
+(Dream-org/Dream-v0-Instruct-7B, model_type 'Dream'); the family is read from config.json
+on import (--family checks it) and from the params checkpoint on export.
+
 examples:
   python -m diffpo_jax.convert import --hf_dir /ckpt/LLaDA-8B-Instruct --out /ckpt/llada_jax
   python -m diffpo_jax.convert export --ckpt /ckpt/llada_jax --out /ckpt/llada_hf \\
       --source_dir /ckpt/LLaDA-8B-Instruct
+  python -m diffpo_jax.convert import --hf_dir /ckpt/Dream-v0-Instruct-7B --out /ckpt/dream_jax --family dream
+  python -m diffpo_jax.convert export --ckpt /ckpt/dream_jax --out /ckpt/dream_hf \\
+      --source_dir /ckpt/Dream-v0-Instruct-7B
 
 Memory: LLaDA-8B in bf16 is 8.0e9 params x 2 bytes = 16 GB of device memory in total
-(spread over the mesh); import reads each parameter block by block from the safetensors
-files (host RAM: about the largest tensor, 1 GB). Export gathers one tensor at a time and
-buffers one output shard (--max_shard_gb) on the host.
+(Dream-7B: 7.6e9 x 2 = 15 GB), spread over the mesh; import reads each parameter block by
+block from the safetensors files (host RAM: about the largest tensor, 1 GB). Export gathers
+one tensor at a time and buffers one output shard (--max_shard_gb) on the host.
 """
 
 
@@ -43,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     imp = sub.add_parser("import", help="HF safetensors directory -> orbax params checkpoint",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    imp.add_argument("--hf_dir", required=True, help="HF LLaDA directory (config.json + *.safetensors [+ index])")
+    imp.add_argument("--hf_dir", required=True,
+                     help="HF LLaDA or Dream directory (config.json + *.safetensors [+ index])")
+    imp.add_argument("--family", default=None, choices=["llada", "dream"],
+                     help="the family the checkpoint must be (default: whatever its config.json says)")
     imp.add_argument("--out", required=True, help="output directory (params/ + llada_config.json + hf_config.json)")
     imp.add_argument("--param_dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"],
                      help="dtype the params are stored in (default bfloat16, as released)")
@@ -57,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="original HF directory: tokenizer, remote-code *.py and generation_config.json "
                           "are copied from it (without it, only weights + config.json are written). config.json "
                           "is built from --ckpt's hf_config.json when it has one (written by `import`), else "
-                          "from this directory's config.json, else from the LLaDA-8B template")
+                          "from this directory's config.json, else from the family's template (LLaDA-8B / "
+                          "Dream-v0-7B); it must be of the checkpoint's family")
     exp.add_argument("--no_merge_lora", action="store_true",
                      help="export the base weights only (default: merge LoRA, W + A@B*alpha/r)")
     exp.add_argument("--peft_dir", default=None, help="also write the LoRA as a PEFT adapter here")
@@ -75,10 +89,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         if args.cmd == "import":
-            model = hf_import.load_hf(args.hf_dir, mesh=_mesh(args.mesh), param_dtype=args.param_dtype)
+            family = {"family": args.family} if args.family else {}
+            model = hf_import.load_hf(args.hf_dir, mesh=_mesh(args.mesh), param_dtype=args.param_dtype, **family)
             orbax_io.save_orbax(model, args.out, hf_config=hf_config.read_config(args.hf_dir))
-            print(f"imported {args.hf_dir} -> {args.out} ({model.cfg.param_count() / 1e9:.3f}B params, "
-                  f"{args.param_dtype})")
+            print(f"imported {args.hf_dir} -> {args.out} ({model.cfg.family}, "
+                  f"{model.cfg.param_count() / 1e9:.3f}B params, {args.param_dtype})")
         else:
             model = orbax_io.load_orbax(args.ckpt, mesh=_mesh(args.mesh))
             if args.peft_dir and model.cfg.lora_rank == 0:
@@ -89,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     hf_config=orbax_io.read_hf_config(args.ckpt))
             if args.peft_dir:
                 hf_export.save_peft_adapter(model, args.peft_dir)
-            print(f"exported {args.ckpt} -> {args.out}: {len(res['files'])} files")
+            print(f"exported {args.ckpt} -> {args.out} ({model.cfg.family}): {len(res['files'])} files")
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,10 +1,11 @@
-"""Write an `LLaDA` module as an HF LLaDA checkpoint directory (and LoRA as a PEFT adapter).
+"""Write a `Transformer` (LLaDA or Dream) as an HF checkpoint directory of its family (and LoRA
+as a PEFT adapter); the family, and so the mapping table, is `model.cfg.family`.
 
 `save_hf` writes `model-0000k-of-0000n.safetensors` shards (tensor names/layout of the
-released checkpoint, `[out, in]` Linear weights, one tensor per layer) +
+family's released checkpoint, `[out, in]` Linear weights, one tensor per layer) +
 `model.safetensors.index.json` + `config.json`, and copies the tokenizer files, the
-remote-code `*.py` files and `generation_config.json` from `source_dir` (this project does
-not ship LLaDA's remote code). LoRA is merged per target as `W' = W + A @ B * alpha / r`
+remote-code `*.py` files and `generation_config.json` from `source_dir` (this project ships
+neither LLaDA's nor Dream's remote code). LoRA is merged per target as `W' = W + A @ B * alpha / r`
 (computed in fp32, cast to the output dtype) unless `merge_lora=False`.
 
 Multi-host: every process must call these functions (gathers are collective); only
@@ -35,8 +36,13 @@ from diffpo_jax.models.llada import LLaDA
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # HF's default "5GB"
 COPY_PATTERNS = ("*.py", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json",
                  "merges.txt", "chat_template*", "generation_config.json")
-NEEDED_FOR_AUTOMODEL = ("configuration_llada.py", "modeling_llada.py", "tokenizer.json",
-                        "tokenizer_config.json", "generation_config.json")
+# per family: the files AutoModel / AutoTokenizer.from_pretrained(..., trust_remote_code=True) read
+NEEDED_FOR_AUTOMODEL = {
+    "llada": ("configuration_llada.py", "modeling_llada.py", "tokenizer.json", "tokenizer_config.json",
+              "generation_config.json"),
+    "dream": ("configuration_dream.py", "modeling_dream.py", "generation_utils.py", "tokenization_dream.py",
+              "tokenizer_config.json", "vocab.json", "merges.txt", "generation_config.json"),
+}
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -57,7 +63,7 @@ def hf_tensor_iter(model: LLaDA, merge_lora: bool = True, dtype=None):
     state = nnx.to_pure_dict(nnx.state(model))
     scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
     lora_on = merge_lora and cfg.lora_rank > 0
-    for name, rule, layer in mapping.hf_tensors(cfg.n_layers):
+    for name, rule, layer in mapping.hf_tensors(cfg.n_layers, mapping.rules_for(cfg.family)):
         param = mapping.get_path(state, rule.path)
         out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(param.dtype)
         w = _host(param if layer is None else param[layer])
@@ -73,7 +79,7 @@ def _plan_shards(model: LLaDA, dtype, max_shard_bytes: int) -> list[list[str]]:
     """Group HF names (checkpoint order) into shards of at most max_shard_bytes (one tensor may exceed)."""
     state = nnx.to_pure_dict(nnx.state(model))
     shards, cur, cur_bytes = [], [], 0
-    for name, rule, _ in mapping.hf_tensors(model.cfg.n_layers):
+    for name, rule, _ in mapping.hf_tensors(model.cfg.n_layers, mapping.rules_for(model.cfg.family)):
         param = mapping.get_path(state, rule.path)
         item = np.dtype(dtype if dtype is not None else param.dtype).itemsize
         nbytes = int(np.prod(mapping.hf_shape(rule, param.shape))) * item
@@ -87,11 +93,12 @@ def _plan_shards(model: LLaDA, dtype, max_shard_bytes: int) -> list[list[str]]:
 
 def save_hf(model: LLaDA, out_dir: str, source_dir: Optional[str] = None, merge_lora: bool = True,
             max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype=None, hf_config: Optional[dict] = None) -> dict:
-    """Write `model` to `out_dir` in the HF LLaDA layout. Returns {'files': [...], 'missing': [...]}.
+    """Write `model` to `out_dir` in its family's HF layout. Returns {'files': [...], 'missing': [...]}.
 
     dtype: output dtype (default: the param dtype, bf16 for imported checkpoints).
-    hf_config: base config.json dict (default: `source_dir/config.json`, else the LLaDA-8B template);
-    the keys LLaDAConfig determines are overwritten from `model.cfg`.
+    hf_config: base config.json dict (default: `source_dir/config.json`, else the family's template:
+    LLaDA-8B / Dream-v0-7B), of the model's family; the keys the config determines are overwritten
+    from `model.cfg`.
     Atomic: everything is written into a staging directory beside `out_dir`, then swapped in
     (`_swap_in`); an existing `out_dir` loses its old `model*.safetensors` + index and keeps
     its other files. A failed export removes its staging directory and leaves `out_dir` as it was.
@@ -100,9 +107,12 @@ def save_hf(model: LLaDA, out_dir: str, source_dir: Optional[str] = None, merge_
         raise ConversionError(f"source_dir {source_dir}: not a directory")
     if source_dir is not None and os.path.realpath(source_dir) == os.path.realpath(out_dir):
         raise ConversionError(f"out_dir {out_dir} is the source_dir; export into a new directory")
+    config_source = "hf_config"
     if hf_config is None and source_dir is not None and os.path.isfile(os.path.join(source_dir, "config.json")):
-        with open(os.path.join(source_dir, "config.json")) as f:
+        config_source = os.path.join(source_dir, "config.json")
+        with open(config_source) as f:
             hf_config = json.load(f)
+    config_to_hf(model.cfg, hf_config, source=config_source)  # a family mismatch fails before any gather
     if jax.process_index() != 0:  # the gathers are collective: walk the tensors, write nothing
         files = _write_hf_files(model, None, merge_lora, max_shard_bytes, dtype, hf_config)
         return {"files": files, "missing": []}
@@ -114,7 +124,7 @@ def save_hf(model: LLaDA, out_dir: str, source_dir: Optional[str] = None, merge_
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    missing = [m for m in NEEDED_FOR_AUTOMODEL if m not in copied]
+    missing = [m for m in NEEDED_FOR_AUTOMODEL[model.cfg.family] if m not in copied]
     if missing:
         print(f"save_hf: {out_dir} has the weights and config.json but not {missing} "
               f"(needed by AutoModel/AutoTokenizer.from_pretrained(..., trust_remote_code=True)); "
@@ -205,22 +215,25 @@ def _copy_side_files(source_dir: str, out_dir: str) -> list[str]:
 
 def save_peft_adapter(model: LLaDA, out_dir: str, base_model_name_or_path: Optional[str] = None) -> list[str]:
     """Write the model's LoRA as a PEFT adapter: `adapter_config.json` + `adapter_model.safetensors`
-    with `...blocks.{i}.{target}.lora_A.weight [r, in]` (= A[i].T) and `lora_B.weight [out, r]`
-    (= B[i].T); PEFT computes `B(A(x)) * lora_alpha / r`, the same delta as ours."""
+    with `base_model.model.<HF module>.lora_A.weight [r, in]` (= A[i].T) and `lora_B.weight [out, r]`
+    (= B[i].T), module names of the model's family (LLaDA: `model.transformer.blocks.{i}.q_proj`,
+    Dream: `model.layers.{i}.self_attn.q_proj`, `mapping.peft_names`); PEFT computes
+    `B(A(x)) * lora_alpha / r`, the same delta as ours."""
     cfg = model.cfg
     if cfg.lora_rank <= 0:
         raise ConversionError("save_peft_adapter: the model has no LoRA (cfg.lora_rank == 0)")
+    rules = mapping.rules_for(cfg.family)
     tensors = {}
     for target in cfg.lora_targets:
         a = _host(model.lora_a[target][...])
         b = _host(model.lora_b[target][...])
         for i in range(cfg.n_layers):
-            name_a, name_b = mapping.peft_names(i, target)
+            name_a, name_b = mapping.peft_names(i, target, rules)
             tensors[name_a] = np.ascontiguousarray(a[i].T)
             tensors[name_b] = np.ascontiguousarray(b[i].T)
     adapter_config = {
         "peft_type": "LORA", "task_type": None, "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
-        "lora_dropout": 0.0, "target_modules": mapping.peft_target_regex(cfg.lora_targets), "bias": "none",
+        "lora_dropout": 0.0, "target_modules": mapping.peft_target_regex(cfg.lora_targets, rules), "bias": "none",
         "fan_in_fan_out": False, "inference_mode": True, "use_rslora": False,
         "base_model_name_or_path": base_model_name_or_path,
     }

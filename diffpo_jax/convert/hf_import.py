@@ -1,6 +1,10 @@
-"""Load an HF LLaDA checkpoint directory into a (sharded) `LLaDA` NNX module.
+"""Load an HF LLaDA or Dream checkpoint directory into a (sharded) `Transformer` NNX module.
 
     model = load_hf("/ckpt/LLaDA-8B-Instruct", mesh=make_mesh(fsdp=-1), compute_dtype="bfloat16")
+    model = load_hf("/ckpt/Dream-v0-Instruct-7B", mesh=make_mesh(fsdp=-1), family="dream")
+
+The family (and so the mapping table, `mapping.rules_for`) comes from config.json; an
+override `family=` is the family the caller expects (another one is a ConversionError).
 
 Reads `config.json` and `model.safetensors.index.json` (or a single `model.safetensors`),
 checks every tensor's name, shape and dtype before reading data, then builds each parameter
@@ -61,10 +65,10 @@ def read_weight_map(model_dir: str) -> dict[str, str]:
 
 
 def _expected_shapes(cfg: LLaDAConfig) -> tuple[dict, dict]:
-    """Abstract pure-dict state of the model and {HF name: (rule, layer, HF shape)}."""
+    """Abstract pure-dict state of the model and {HF name: (rule, layer, HF shape)} (cfg.family's table)."""
     abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0)))))
     table = {}
-    for name, rule, layer in mapping.hf_tensors(cfg.n_layers):
+    for name, rule, layer in mapping.hf_tensors(cfg.n_layers, mapping.rules_for(cfg.family)):
         shape = mapping.get_path(abstract, rule.path).shape
         table[name] = (rule, layer, mapping.hf_shape(rule, shape))
     return abstract, table
@@ -72,15 +76,24 @@ def _expected_shapes(cfg: LLaDAConfig) -> tuple[dict, dict]:
 
 def _validate(cfg: LLaDAConfig, table: dict, weight_map: dict, handles: dict, model_dir: str) -> None:
     """One clear ConversionError for the first problem found; nothing is read but headers."""
+    rules = mapping.rules_for(cfg.family)
+    family = mapping.FAMILY_NAMES[cfg.family]
+    embed, lm_head = mapping.name_of(("embed",), rules), mapping.name_of(("lm_head",), rules)
+    for other, other_rules in mapping.RULES.items():  # weights of another family under this config.json
+        other_embed = mapping.name_of(("embed",), other_rules)
+        if other != cfg.family and other_embed in weight_map and embed not in weight_map:
+            raise ConversionError(f"{model_dir}: config.json describes a {family} model, but the weights are "
+                                  f"{mapping.FAMILY_NAMES[other]}'s (tensor {other_embed!r}, not {embed!r}); "
+                                  f"config.json and the safetensors files come from different models")
     missing = [n for n in table if n not in weight_map]
     if missing:
         raise ConversionError(f"{model_dir}: tensor {missing[0]!r} is missing from the checkpoint "
-                              f"({len(missing)} missing in all; expected LLaDA names like {mapping.EMBED_NAME!r})")
+                              f"({len(missing)} missing in all; expected {family} names like {embed!r})")
     unexpected = [n for n in weight_map if n not in table]
     if unexpected:
         raise ConversionError(f"{os.path.join(model_dir, weight_map[unexpected[0]])}: unexpected tensor "
                               f"{unexpected[0]!r} ({len(unexpected)} unexpected in all); the checkpoint has "
-                              f"parameters this LLaDA config does not (n_layers={cfg.n_layers}?)")
+                              f"parameters this {family} config does not (n_layers={cfg.n_layers}?)")
     for name, (rule, _, want) in table.items():
         fpath = os.path.join(model_dir, weight_map[name])
         f = handles[weight_map[name]]
@@ -91,9 +104,10 @@ def _validate(cfg: LLaDAConfig, table: dict, weight_map: dict, handles: dict, mo
         if dtype not in FLOAT_DTYPES:
             raise ConversionError(f"{fpath}: tensor {name!r} has dtype {dtype}; expected a float dtype "
                                   f"{FLOAT_DTYPES} (quantized checkpoints are not supported)")
-        if name in (mapping.EMBED_NAME, mapping.LM_HEAD_NAME) and shape and shape[0] != cfg.vocab_size:
+        if name in (embed, lm_head) and shape and shape[0] != cfg.vocab_size:
+            vocab_key = "embedding_size, else vocab_size" if cfg.family == "llada" else "vocab_size"
             raise ConversionError(f"{fpath}: tensor {name!r} has {shape[0]} rows but config.json says the "
-                                  f"vocabulary (embedding_size, else vocab_size) is {cfg.vocab_size}; "
+                                  f"vocabulary ({vocab_key}) is {cfg.vocab_size}; "
                                   f"config and weights come from different models")
         if shape != want:
             raise ConversionError(f"{fpath}: tensor {name!r} has shape {list(shape)}, expected {list(want)} "
@@ -131,9 +145,10 @@ def _load_param(rule: mapping.Rule, names: list[str], files: list, shape, dtype,
 
 def load_hf(model_dir: str, mesh: Optional[jax.sharding.Mesh] = None, *, seed: int = 0,
             **config_overrides) -> LLaDA:
-    """HF LLaDA directory -> `LLaDA` module, params on `mesh` per `sharding.LOGICAL_RULES`
-    (mesh None: one device). `config_overrides` set LLaDAConfig fields (param_dtype defaults
-    to bfloat16, the released checkpoint's dtype; compute_dtype, remat, lora_rank, ...).
+    """HF LLaDA or Dream directory -> `Transformer` module (alias LLaDA), params on `mesh` per
+    `sharding.LOGICAL_RULES` (mesh None: one device). `config_overrides` set TransformerConfig
+    fields (param_dtype defaults to bfloat16, the released checkpoints' dtype; compute_dtype,
+    remat, lora_rank, ...; `family` = the family expected, checked against config.json).
     Raises ConversionError naming the file and tensor/key for any bad input."""
     cfg = config_from_hf(read_config(model_dir), os.path.join(model_dir, "config.json"), **config_overrides)
     weight_map = read_weight_map(model_dir)

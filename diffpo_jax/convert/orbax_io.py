@@ -2,7 +2,8 @@
 
 Layout of `path/`:
   params/            orbax StandardCheckpointer of `nnx.to_pure_dict(nnx.state(model))`
-  llada_config.json  the LLaDAConfig fields (to rebuild the module)
+  llada_config.json  the TransformerConfig (alias LLaDAConfig) fields, `family` included, of
+                     either family (to rebuild the module; the name predates Dream)
   hf_config.json     optional: the source config.json (so export round-trips its extra keys)
 `path` may be a bucket URI (gs://...): orbax and `diffpo_jax.storage` write it.
 """
