@@ -15,7 +15,8 @@ def get_config():
 
     c.model = ml_collections.ConfigDict()
     c.model.hf_dir = ""           # HF-format LLaDA dir (convert/hf_import); "" = random init of `preset`
-    c.model.preset = "tiny"       # models.llada.PRESETS (used when hf_dir is empty)
+    c.model.preset = "tiny"       # models.llada.get_preset names, any family (used when hf_dir is empty)
+    c.model.family = ""           # "" = read from hf_dir's config.json; 'llada' | 'dream' = also check it
     c.model.param_dtype = "bfloat16"
     c.model.compute_dtype = "bfloat16"
     c.model.lora_dtype = "float32"  # adapters are the master weights (PEFT upcasts them too)

@@ -124,15 +124,19 @@ def behaviour_logp_warnings(rl: RLConfig, sampler: SamplerConfig) -> list[str]:
     likelihood is not the sampled distribution's. Allowed, but said."""
     fields = [f for f, on in (("kv_cache", sampler.kv_cache != "none"), ("cfg_scale", sampler.cfg_scale > 0),
                               ("logits_eos_inf", sampler.logits_eos_inf)) if on]
+    filters = [f"config.sampler.{f}={getattr(sampler, f)} filters the sampled distribution, which no likelihood "
+               "applies: with temperature > 0 the behaviour log-probs (of the filtered softmax) and the "
+               "likelihoods (of the full one) differ even on-policy"
+               for f, on in (("top_p", sampler.top_p < 1.0), ("top_k", sampler.top_k > 0)) if on]
     if rl.method == "exact":
         return [f"config.sampler.{f} changes the rollout forward, so rl.method='exact' scores another "
                 "distribution than the one sampled (on-policy it equals the sampler's behaviour log-probs only "
-                "without kv_cache, cfg_scale and logits_eos_inf)" for f in fields]
+                "without kv_cache, cfg_scale and logits_eos_inf)" for f in fields] + filters
     if not rl.method.endswith("_is"):
         return []
     return [f"config.sampler.{f} changes the rollout forward, so the behaviour log-probs in {rl.method}'s IS "
             "weights come from another computation than the surrogate's: w != 1 even where the 2-MF context "
-            "is exact (docs/benchmarks.md, 'In the RL loop', measures it for kv_cache)" for f in fields]
+            "is exact (docs/benchmarks.md, 'In the RL loop', measures it for kv_cache)" for f in fields] + filters
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -150,17 +154,41 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict:
     return out
 
 
+def _preset_family(config: ml_collections.ConfigDict) -> Optional[str]:
+    """The model family of `config.model.preset` (None for an unknown preset: build_llm reports it)."""
+    try:
+        return llada.get_preset(config.model.preset).family
+    except (TypeError, ValueError):
+        return None
+
+
 def load_tokenizer(config: ml_collections.ConfigDict):
+    """`config.model.tokenizer_dir`, else hf_dir, else the preset family's tiny char tokenizer,
+    loaded without remote code (tasks/model_tokenizers.load) and checked against the model:
+    the family and special ids of hf_dir's config.json, else the preset's family."""
     import transformers
-    from transformers import AutoTokenizer
+    from diffpo_jax.tasks import model_tokenizers, tiny_tokenizer
 
     transformers.logging.set_verbosity_error()  # model-type notices about LLaDA's config.json
 
-    path = config.model.get("tokenizer_dir", "") or config.model.hf_dir or TINY_TOKENIZER
+    m = config.model
+    family = None if m.hf_dir else _preset_family(config)
+    tiny = tiny_tokenizer.asset_dir(family) if family in tiny_tokenizer.TINY_FAMILIES else TINY_TOKENIZER
+    path = m.get("tokenizer_dir", "") or m.hf_dir or tiny
     if not os.path.isdir(path):
         raise ConfigError(f"config.model.tokenizer_dir: {path!r} is not a directory; point it (or "
                           "config.model.hf_dir) at a local tokenizer (tokenizer.json + tokenizer_config.json)")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    field = "config.model.tokenizer_dir" if m.get("tokenizer_dir", "") else "config.model.hf_dir"
+    try:
+        tokenizer = model_tokenizers.load(path)
+        if m.hf_dir:
+            model_tokenizers.check_checkpoint(tokenizer, m.hf_dir, tokenizer_source=path)
+        else:
+            model_tokenizers.check_ids(tokenizer, {}, family, None, tokenizer_source=path,
+                                       model_source=f"config.model.preset={m.preset!r}")
+    except model_tokenizers.TokenizerError as e:
+        raise ConfigError(f"{field}: {e}") from None
+    return tokenizer
 
 
 def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mesh]):
@@ -173,9 +201,15 @@ def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mes
                           "download the checkpoint first (README: Converting a real checkpoint)")
     tokenizer = load_tokenizer(config)
     if config.model.hf_dir:
+        from diffpo_jax.convert.errors import ConversionError
         from diffpo_jax.convert.hf_import import load_hf
 
-        return load_hf(config.model.hf_dir, mesh, seed=seed, **overrides), tokenizer
+        family = config.model.get("family", "")  # "" = whatever config.json says
+        try:
+            llm = load_hf(config.model.hf_dir, mesh, seed=seed, **overrides, **({"family": family} if family else {}))
+        except ConversionError as e:
+            raise ConfigError(f"config.model.hf_dir: {e}") from None
+        return llm, tokenizer
     try:
         cfg = llada.get_preset(config.model.preset, **overrides)
     except (TypeError, ValueError) as e:
