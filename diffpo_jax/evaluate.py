@@ -267,9 +267,9 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     import transformers
-    from transformers import AutoTokenizer
 
     from diffpo_jax.convert.hf_import import load_hf
+    from diffpo_jax.tasks import model_tokenizers
 
     base = SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
                          steps=args.steps, k=args.k, temperature=0.0, kv_cache=args.kv_cache)
@@ -282,8 +282,9 @@ def _run(args) -> int:
     llm = load_hf(args.model_dir, attention_impl=args.attention_impl, param_dtype=args.param_dtype,
                   compute_dtype=args.compute_dtype)
     transformers.logging.set_verbosity_error()  # model-type notices about LLaDA's config.json
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir or args.model_dir, local_files_only=True,
-                                              trust_remote_code=False)  # never download or run repo code
+    tokenizer_dir = args.tokenizer_dir or args.model_dir
+    tokenizer = model_tokenizers.load(tokenizer_dir)  # never downloads or runs repo code (Dream's included)
+    model_tokenizers.check_checkpoint(tokenizer, args.model_dir, tokenizer_source=tokenizer_dir)
     items = tasks.load_eval_items(args.task, args.data_dir, n=args.n, seed=args.seed)
     fmt = lambda it: tasks.format_prompt(args.task, it, tokenizer, "eval", args.add_reasoning,  # noqa: E731
                                          args.prompt_style)

@@ -6,6 +6,9 @@ evaluation) and chat-template rendering.
 
 Training and evaluation prompts differ (evaluation asks for `\\boxed{}` inside `<answer>`);
 d1's evaluation appends `<reasoning>` after the chat template (`add_reasoning=True`).
+The template is the tokenizer's own: LLaDA's Llama-3 one (BOS, trimmed content, `<|eot_id|>`)
+or Dream's ChatML (a default system turn, untrimmed content, `<|im_end|>`), the prefill
+following the assistant header either way (tasks/model_tokenizers.py lists the families).
 """
 
 from __future__ import annotations
@@ -142,7 +145,8 @@ def format_prompt(task: str, item: dict, tokenizer, split: str = "eval", add_rea
         add_reasoning = split == "eval"
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the tokenizer has no chat_template: load the model's tokenizer directory "
-                         "(tokenizer_config.json with 'chat_template'), e.g. diffpo_jax/assets/tiny_tokenizer")
+                         "(tokenizer_config.json with 'chat_template'), e.g. diffpo_jax/assets/tiny_tokenizer "
+                         "(LLaDA) or diffpo_jax/assets/tiny_tokenizer_dream (Dream)")
     text = tokenizer.apply_chat_template(messages(task, item, split, style), add_generation_prompt=True,
                                          tokenize=False)
     return text + REASONING_PREFILL if add_reasoning else text

@@ -18,6 +18,10 @@ import re
 
 from diffpo_jax.tasks import generators
 from diffpo_jax.tasks import text as T
+from diffpo_jax.tasks.model_tokenizers import FAMILIES
+
+# Every family's end-of-turn and EOS token (LLaDA: <|eot_id|>, <|endoftext|>; Dream: <|im_end|>).
+END_TOKENS = tuple(dict.fromkeys(t for fam in FAMILIES.values() for t in (fam.end_of_turn, fam.eos)))
 
 _WORD = re.compile(r"\w+")
 
@@ -86,11 +90,12 @@ def _sixteen_before_close(s: str) -> str:
 
 def extract_eval_grid(completion: str) -> str:
     """d1's regex cascade, first non-empty wins: digits between ``` after `<answer>`; the
-    first `<answer>` up to `</answer>` / `<|eot_id|>` / `<|endoftext|>`; the text after the
-    first `</answer>` up to an end token; 16 digits before a `</answer>`; a standalone
-    16-digit word. Whitespace is then removed."""
+    first `<answer>` up to `</answer>` / an end token; the text after the first `</answer>`
+    up to an end token; 16 digits before a `</answer>`; a standalone 16-digit word.
+    Whitespace is then removed. End tokens: d1's `<|eot_id|>` / `<|endoftext|>`, and Dream's
+    end of turn `<|im_end|>` (END_TOKENS)."""
     s = T.cap(completion)
-    ends = ("<|eot_id|>", "<|endoftext|>")
+    ends = END_TOKENS
     candidates = [
         lambda: _after_ticks(s),
         lambda: _until(s, s.find("<answer>") + 8, ends + ("</answer>",)) if "<answer>" in s else "",
