@@ -23,13 +23,23 @@ rules (all decode --gen_length tokens in --block_length blocks, left to right):
   threshold  Fast-dLLM: the most confident token + every token with confidence >= --threshold
   eb         entropy-bounded: the largest set of low-entropy tokens whose entropy sum minus
              its largest entropy is <= --gamma (bigger gamma: fewer NFE)
-  Confidence / entropy are those of the untempered softmax; --temperature 0 is greedy.
+  dream      Dream's diffusion_generate (--dream_alg): --steps in total over the blocks; at
+             each step reveal int(n * (1 - s/t)) of the n masks left in the block (timesteps
+             t = linspace(1, --eps, steps per block + 1)), the highest-scoring by
+             maskgit_plus (probability), topk_margin (top1 - top2) or entropy (negative
+             entropy), or (origin) each mask with probability 1 - s/t; --alg_temp > 0 samples
+             the positions instead. NFE = steps. --block_length = --gen_length is Dream's own
+             single-block loop.
+  Confidence / entropy are those of the untempered softmax (rule dream: of the tempered,
+  --top_p / --top_k filtered one, as Dream); --temperature 0 is greedy.
 
 examples:
   python -m diffpo_jax.sample --model_dir /ckpt/LLaDA-8B-Instruct --prompt "What is 7*8?"
   python -m diffpo_jax.sample --model_dir DIR --prompt "Solve 2x+3=9." --rule eb --gamma 0.3 \\
       --gen_length 128 --block_length 32 --show_steps
   python -m diffpo_jax.sample --model_dir DIR --prompt "a" --prompt "b" --rule threshold --mesh 1,1,8
+  python -m diffpo_jax.sample --model_dir DIR --prompt "Hi" --rule dream --dream_alg entropy \\
+      --gen_length 256 --block_length 256 --steps 256 --temperature 0.2 --top_p 0.95
 
 Memory: LLaDA-8B in bf16 needs about 16 GB of accelerator memory (spread over --mesh).
 No network is used: the model and tokenizer are read from --model_dir.
@@ -37,7 +47,7 @@ No network is used: the model and tokenizer are read from --model_dir.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffpo_jax.sampling import REMASKING, RULES
+    from diffpo_jax.sampling import DREAM_ALGS, REMASKING, RULES
 
     p = argparse.ArgumentParser(prog="python -m diffpo_jax.sample", description=__doc__.splitlines()[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,11 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gen_length", type=int, default=128, help="completion length L (default 128)")
     g.add_argument("--block_length", type=int, default=32, help="semi-AR block length; divides L (default 32)")
     g.add_argument("--steps", type=int, default=None,
-                   help="rule fixed only: total steps, a multiple of L/block_length (default L // 2)")
+                   help="rules fixed / dream only: total steps, a multiple of L/block_length (default L // 2)")
     g.add_argument("--k", type=int, default=2, help="rule topk: tokens per step (default 2)")
     g.add_argument("--threshold", type=float, default=0.9, help="rule threshold: confidence tau (default 0.9)")
     g.add_argument("--gamma", type=float, default=0.1, help="rule eb: entropy budget gamma (default 0.1)")
+    g.add_argument("--dream_alg", default="entropy", choices=DREAM_ALGS,
+                   help="rule dream: which positions to reveal (default entropy, as Dream's README; see below)")
+    g.add_argument("--eps", type=float, default=1e-3, help="rule dream: the last timestep, in (0, 1) (default 1e-3)")
+    g.add_argument("--alg_temp", type=float, default=0.0,
+                   help="rule dream: 0 = reveal the best-scoring positions (default); > 0 = sample them "
+                        "from softmax(score / alg_temp)")
     g.add_argument("--temperature", type=float, default=0.0, help="Gumbel-max temperature; 0 = greedy (default)")
+    g.add_argument("--top_p", type=float, default=1.0,
+                   help="nucleus filter of the sampled distribution, in (0, 1]; 1 = off (default); any rule")
+    g.add_argument("--top_k", type=int, default=0,
+                   help="sample among the top_k tokens only; 0 = off (default); any rule")
     g.add_argument("--cfg_scale", type=float, default=0.0,
                    help="classifier-free guidance w (0 = off); a CFG step still counts as 1 NFE")
     g.add_argument("--remasking", default="low_confidence", choices=REMASKING,
@@ -129,20 +149,28 @@ def main(argv: Optional[Sequence[str]] = None, loader=None) -> int:
         raise SystemExit("error: " + " ".join(str(e).split())) from None
 
 
+def sampler_config(args: argparse.Namespace):
+    """The SamplerConfig of parsed CLI flags (ValueError naming the field if a value is bad)."""
+    from diffpo_jax.sampling import SamplerConfig
+
+    return SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
+                         steps=args.steps, k=args.k, threshold=args.threshold, gamma=args.gamma,
+                         temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
+                         use_padding_mask=args.use_padding_mask, logits_eos_inf=args.logits_eos_inf,
+                         kv_cache=args.kv_cache, dream_alg=args.dream_alg, eps=args.eps, alg_temp=args.alg_temp,
+                         top_p=args.top_p, top_k=args.top_k)
+
+
 def _run(args, loader) -> int:
     import jax
     import transformers
     from transformers import AutoTokenizer
 
     from diffpo_jax import sharding as shd
-    from diffpo_jax.sampling import SamplerConfig, generate, left_pad
+    from diffpo_jax.sampling import generate, left_pad
 
-    cfg = SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
-                        steps=args.steps, k=args.k, threshold=args.threshold, gamma=args.gamma,
-                        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                        use_padding_mask=args.use_padding_mask, logits_eos_inf=args.logits_eos_inf,
-                        kv_cache=args.kv_cache)
-    if args.steps is not None and args.rule != "fixed":
+    cfg = sampler_config(args)
+    if args.steps is not None and args.rule not in ("fixed", "dream"):
         print(f"note: --steps is ignored by --rule {args.rule} (it stops when each block is full)", file=sys.stderr)
     mesh = None
     if args.mesh is not None:

@@ -6,6 +6,10 @@ Written from SPEC §2 / research/llada.md (LLaDA's generate()), not from our JAX
     positions of the current block are committed (confidence = -inf elsewhere).
   * `row_generate`: one row at a time; inside each block, step until no mask is left,
     choosing by rule 'topk' | 'threshold' | 'eb'; one model call per step (= 1 NFE).
+  * `dream_generate`: Dream's `diffusion_generate` (written from its equations, see
+    diffpo_jax/sampling/config.py), batched, per block: S = steps / n_blocks steps with
+    timesteps torch.linspace(1, eps, S + 1); at step i reveal the k = int(n (1 - s/t))
+    best-scoring masked positions of the row's block (torch float32 arithmetic).
 Both break confidence / entropy ties by the lower position index (stable sorts).
 `logits_fn(x [b, T] int) -> [b, T, V]` is the model; every call is counted in `calls`.
 Each returns dict(tokens [B, P+L], unmask_step [B, L], logp [B, L], nfe [B]).
@@ -136,6 +140,96 @@ def row_generate(model: CountingModel, prompt, gen_length, block_length, rule, k
         out["tokens"][i] = x[0]
         out["nfe"][i] = model.calls - calls_before
     return out
+
+
+def dream_filter(z: np.ndarray, top_p: float = 1.0, top_k: int = 0) -> np.ndarray:
+    """Dream's top-p then top-k on z `[..., V]`, as a removal mask scattered back through the
+    sort (the way Dream's code does it): top-p removes sorted token j >= 1 when the
+    probability mass of the tokens before it exceeds top_p; top-k removes z < the k-th
+    largest. Removed entries become -inf."""
+    z = np.array(z, np.float32)
+    if top_p < 1.0:
+        order = np.argsort(-z, axis=-1, kind="stable")
+        srt = np.take_along_axis(z, order, -1)
+        q = np.exp(srt - srt[..., :1])
+        cum = np.cumsum(q / q.sum(-1, keepdims=True), -1)
+        remove = np.zeros(z.shape, bool)
+        remove[..., 1:] = cum[..., :-1] > top_p
+        scattered = np.zeros(z.shape, bool)
+        np.put_along_axis(scattered, order, remove, -1)
+        z = np.where(scattered, -np.inf, z)
+    if top_k > 0:
+        kth = np.sort(z, -1)[..., -min(top_k, z.shape[-1])][..., None]
+        z = np.where(z < kth, -np.inf, z)
+    return z
+
+
+def dream_scores(logits: np.ndarray, x0: np.ndarray, alg: str, top_p: float = 1.0, top_k: int = 0) -> np.ndarray:
+    """Dream's score per position, in float32, from p = softmax(dream_filter(logits)) (T = 0)."""
+    z = dream_filter(np.asarray(logits, np.float32), top_p, top_k)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    p = (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    if alg == "maskgit_plus":
+        return np.take_along_axis(p, x0[..., None], -1)[..., 0]
+    if alg == "topk_margin":
+        srt = -np.sort(-p, -1)
+        return srt[..., 0] - srt[..., 1]
+    if alg == "entropy":
+        return np.sum(p * np.log(p + np.float32(1e-10)), -1, dtype=np.float32)
+    raise ValueError(alg)
+
+
+def dream_counts(n_masks: int, steps: int, eps: float) -> list:
+    """How many Dream reveals at each of `steps` steps starting from n_masks masks, with its
+    own torch float32 arithmetic: k_i = int(n_i * (1 - s/t)), all at the last step."""
+    import torch
+
+    ts = torch.linspace(1, eps, steps + 1)
+    counts, n = [], n_masks
+    for i in range(steps):
+        k = int(torch.tensor(n, dtype=torch.float32) * (1 - ts[i + 1] / ts[i])) if i < steps - 1 else n
+        counts.append(k)
+        n -= k
+    return counts
+
+
+def dream_generate(model: CountingModel, prompt, gen_length, block_length, steps, alg, eps=1e-3, top_p=1.0,
+                   top_k=0):
+    """Dream's diffusion_generate at T = 0 and alg_temp = 0 (one block = Dream's own loop).
+    alg 'origin' is random unless each block has one step; only that case is supported."""
+    import torch
+
+    prompt = np.asarray(prompt)
+    b, p = prompt.shape
+    mask_id = model.mask_id
+    n_blocks = gen_length // block_length
+    per_block = steps // n_blocks
+    if alg == "origin" and per_block != 1:
+        raise ValueError("dream_generate: 'origin' is random for more than one step per block")
+    ts = torch.linspace(1, eps, per_block + 1)
+    x = np.full((b, p + gen_length), mask_id, np.int64)
+    x[:, :p] = prompt
+    unmask_step = np.zeros((b, gen_length), np.int64)
+    logp_out = np.zeros((b, gen_length))
+    for blk in range(n_blocks):
+        lo, hi = p + blk * block_length, p + (blk + 1) * block_length
+        for i in range(per_block):
+            logits = model(x, p)[:, lo:hi]
+            x0 = _argmax_not(logits, mask_id)
+            x0_logp = np.take_along_axis(_log_softmax(logits), x0[..., None], -1)[..., 0]
+            score = None if alg == "origin" else dream_scores(logits, x0, alg, top_p, top_k)
+            for r in range(b):
+                masked = x[r, lo:hi] == mask_id
+                n = int(masked.sum())
+                if alg == "origin":
+                    chosen = np.nonzero(masked)[0]
+                else:
+                    k = int(torch.tensor(n, dtype=torch.float32) * (1 - ts[i + 1] / ts[i])) if i < per_block - 1 else n
+                    chosen = np.argsort(-np.where(masked, score[r], -np.inf), kind="stable")[:k]
+                x[r, lo + chosen] = x0[r, chosen]
+                unmask_step[r, lo - p + chosen] = blk * per_block + i + 1
+                logp_out[r, lo - p + chosen] = x0_logp[r, chosen]
+    return dict(tokens=x, unmask_step=unmask_step, logp=logp_out, nfe=np.full(b, steps))
 
 
 def make_test_model(seed: int = 0, **cfg_overrides):

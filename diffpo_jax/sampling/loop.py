@@ -10,11 +10,12 @@ unchanged: positions outside a row's current block are never unmasked, earlier b
 complete, later ones fully masked). A batch therefore costs `max_b NFE_b` forwards, not
 `sum over blocks of max_b`. A row with nothing left to decode is a no-op: its tokens and
 counters do not change. The loop stops when every row is done, or at the static bound
-`cfg.max_steps` (which no rule can exceed: every non-fixed step reveals >= 1 token).
+`cfg.max_steps` (which no rule can exceed: 'fixed' / 'dream' run exactly their steps, every
+step of the others reveals >= 1 token).
 
 Per-row bookkeeping: `nfe [B]` counts the forwards in which the row had eligible masks
-(for rule='fixed' every forward until its last block ends, so NFE = steps exactly, as in
-LLaDA); the tokens revealed at a row's n-th counted forward get `unmask_step = n`
+(for rules 'fixed' / 'dream' every forward until its last block ends, so NFE = steps exactly,
+as in LLaDA and Dream); the tokens revealed at a row's n-th counted forward get `unmask_step = n`
 (1-based), so the latent after step t is `where(unmask_step <= t, tokens, MASK)`.
 
 Only the current block's logits are formed: the model's final hidden states `[B, P+L, D]`
@@ -34,8 +35,8 @@ counts its steps exactly as without a cache; `forwards` counts batched calls, `n
 them full). With a cache the rows move through the blocks in lockstep, as in Fast-dLLM: one
 full forward serves every row, so a row that fills its block early idles (a no-op, NFE not
 counted) until every row has filled it. A row's tokens therefore do not depend on the other
-rows (at T = 0), but a batch costs `sum over blocks of max_b` steps. Rules 'fixed' and 'topk'
-take the same number of steps in every row anyway.
+rows (at T = 0), but a batch costs `sum over blocks of max_b` steps. Rules 'fixed', 'dream'
+and 'topk' take the same number of steps in every row anyway.
 
 Padding (`cfg.use_padding_mask`): off by default = LLaDA's released code and d1, whose
 model ignores `attention_mask` (left pads are EOS tokens that every position attends to);
@@ -52,7 +53,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffpo_jax.sampling import rules
-from diffpo_jax.sampling.config import SamplerConfig
+from diffpo_jax.sampling.config import STEPPED_RULES, SamplerConfig
 
 
 class SampleOutput(struct.PyTreeNode):
@@ -67,7 +68,7 @@ class SampleOutput(struct.PyTreeNode):
     behaviour_logp_tempered `[B, L]` f32: the same under softmax(logits / T); 0 where T = 0
       (greedy decoding is a point mass).
     nfe `[B]` int32: forwards that did work for the row (= max(unmask_step) unless
-      rule='fixed' has steps that reveal nothing).
+      rule 'fixed' / 'dream' has steps that reveal nothing).
     completion_mask `[B, L]` bool: positions up to and including the first EOS (all if none).
     completion_length `[B]` int32: completion_mask.sum(-1).
     forwards `[]` int32: batched forwards actually run (= max(nfe) without a KV cache; with one,
@@ -181,6 +182,13 @@ def _window_logits(model, cfg: SamplerConfig, x, padding_mask, blk, cache, promp
 
 def _select(cfg: SamplerConfig, prop: rules.Proposal, eligible, st: _State, key, gamma, threshold):
     """`[B, Lb]` bool positions to reveal this step, by cfg.rule."""
+    if cfg.rule == "dream":  # fractions: static f32 constants, as Dream's torch.linspace
+        fraction = rules.dream_transfer_fraction(cfg.max_steps_per_block, cfg.eps)
+        if cfg.dream_alg == "origin":
+            return rules.select_origin(eligible, jnp.asarray(fraction)[st.block_step], key)
+        k = rules.dream_schedule(jnp.sum(eligible, axis=-1), fraction, st.block_step)
+        score = rules.dream_confidence(prop.probs, prop.tokens, cfg.dream_alg)
+        return rules.select_dream(score, eligible, k, key, cfg.alg_temp)
     if cfg.rule in ("fixed", "topk"):
         score = prop.confidence
         if cfg.remasking == "random":
@@ -229,16 +237,16 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
         if cfg.logits_eos_inf:
             logits = logits.at[..., eos_id].set(-jnp.inf)
         k_noise, k_select = jax.random.split(jax.random.fold_in(key, st.it))
-        prop = rules.propose(logits, k_noise, temperature, never=mask_id)
+        prop = rules.propose(logits, k_noise, temperature, never=mask_id, top_p=cfg.top_p, top_k=cfg.top_k)
         eligible = (_take_block(st.comp, onehot) == mask_id) & live[:, None]
         select = _select(cfg, prop, eligible, st, k_select, gamma, threshold)
-        active = live if cfg.rule == "fixed" else jnp.any(eligible, axis=-1)
+        active = live if cfg.rule in STEPPED_RULES else jnp.any(eligible, axis=-1)
         nfe = st.nfe + active.astype(jnp.int32)
         in_block = jnp.repeat(onehot, lb, axis=1)  # [B, L]
         reveal = jnp.tile(select, (1, nb)) & in_block
         comp = jnp.where(reveal, jnp.tile(prop.tokens, (1, nb)), st.comp)
         block_step = st.block_step + active.astype(jnp.int32)
-        if cfg.rule == "fixed":
+        if cfg.rule in STEPPED_RULES:
             block_done = live & (block_step >= cfg.max_steps_per_block)
         else:
             block_done = live & ~jnp.any(eligible & ~select, axis=-1)
