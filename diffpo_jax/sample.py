@@ -164,9 +164,9 @@ def sampler_config(args: argparse.Namespace):
 def _run(args, loader) -> int:
     import jax
     import transformers
-    from transformers import AutoTokenizer
 
     from diffpo_jax import sharding as shd
+    from diffpo_jax.tasks import model_tokenizers
     from diffpo_jax.sampling import generate, left_pad
 
     cfg = sampler_config(args)
@@ -184,8 +184,8 @@ def _run(args, loader) -> int:
     if loader is None:
         from diffpo_jax.convert.hf_import import load_hf as loader
     transformers.logging.set_verbosity_error()  # model-type notices about LLaDA's config.json
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True,
-                                              trust_remote_code=False)  # never download or run repo code
+    tokenizer = model_tokenizers.load(args.model_dir)  # never downloads or runs repo code (Dream's included)
+    model_tokenizers.check_checkpoint(tokenizer, args.model_dir)
     model = loader(args.model_dir, mesh=mesh, compute_dtype=args.compute_dtype, param_dtype=args.param_dtype,
                    attention_impl=args.attention_impl)
     ids = [encode_prompt(tokenizer, p, not args.no_chat_template) for p in args.prompt]
