@@ -34,7 +34,7 @@ from diffpo_jax.cli_types import floats, local_dir, positive_int
 from diffpo_jax.convert.errors import ConversionError
 from diffpo_jax.distributed import from_host, host_value
 from diffpo_jax.models.attention import ATTENTION_IMPLS
-from diffpo_jax.sampling import RULES, SamplerConfig, left_pad, make_sampler
+from diffpo_jax.sampling import DREAM_ALGS, RULES, SamplerConfig, left_pad, make_sampler
 from diffpo_jax.sampling.config import KV_CACHES
 
 
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block_length", type=int, default=32)
     p.add_argument("--steps", type=int, default=None, help="total steps for rule=fixed (default gen_length/2)")
     p.add_argument("--k", type=int, default=2, help="tokens per step for rule=topk")
+    p.add_argument("--dream_alg", default="entropy", choices=DREAM_ALGS,
+                   help="rule dream (Dream's diffusion_generate): position score (default entropy)")
+    p.add_argument("--eps", type=float, default=1e-3, help="rule dream: the last timestep (default 1e-3)")
     p.add_argument("--kv_cache", default="none", choices=list(KV_CACHES),
                    help="approximate KV cache (Fast-dLLM): faster, not exact (default none)")
     p.add_argument("--attention_impl", default="auto", choices=list(ATTENTION_IMPLS),
@@ -272,7 +275,8 @@ def _run(args) -> int:
     from diffpo_jax.tasks import model_tokenizers
 
     base = SamplerConfig(rule=args.rule, gen_length=args.gen_length, block_length=args.block_length,
-                         steps=args.steps, k=args.k, temperature=0.0, kv_cache=args.kv_cache)
+                         steps=args.steps, k=args.k, temperature=0.0, kv_cache=args.kv_cache,
+                         dream_alg=args.dream_alg, eps=args.eps)
     if args.rule == "eb":
         settings = [(f"eb_g{g:g}", base.replace(gamma=g)) for g in args.gammas]
     elif args.rule == "threshold":
