@@ -2,8 +2,12 @@
 
     python -m diffpo_jax.train --config configs/demo_sudoku.py:joint
     python -m diffpo_jax.demo            # before/after accuracy + NFE and the Pareto plot
+    python -m diffpo_jax.train --config configs/demo_sudoku.py:joint,dream   # the Dream-architecture model
+    python -m diffpo_jax.demo --family dream
 
-METHOD (config argument) in d1 | 2mf | 2mf_is | exact (the exact trajectory likelihood, the
+Config argument `METHOD[,FAMILY]`: FAMILY llada (default: assets/demo_sudoku) | dream
+(assets/demo_sudoku_dream, the same recipe on the Dream architecture and ChatML tokenizer).
+METHOD in d1 | 2mf | 2mf_is | exact (the exact trajectory likelihood, the
 surrogates' oracle) | joint (2-MF + IS + the adaptive EB threshold head); the toy-scale paper
 table runs them with the same budget and seeds. Rollouts use
 the EB sampler (gamma = the head's mu(p) + noise when joint, a fixed gamma otherwise).
@@ -16,18 +20,22 @@ import ml_collections
 from configs import base, tiny_model
 
 METHODS = ("d1", "2mf", "2mf_is", "exact", "joint")
-DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "diffpo_jax", "assets", "demo_sudoku")
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffpo_jax", "assets")
+DEMO_MODELS = {"llada": os.path.join(ASSETS, "demo_sudoku"), "dream": os.path.join(ASSETS, "demo_sudoku_dream")}
+DEMO_MODEL = DEMO_MODELS["llada"]
 
 
-def get_config(method: str = "joint"):
-    if method not in METHODS:
-        raise ValueError(f"configs/demo_sudoku.py: METHOD={method!r}; choose one of {METHODS}")
+def get_config(arg: str = "joint"):
+    method, _, family = arg.partition(",")
+    family = family or "llada"
+    if method not in METHODS or family not in DEMO_MODELS:
+        raise ValueError(f"configs/demo_sudoku.py: argument {arg!r} must be METHOD[,FAMILY] with METHOD in "
+                         f"{METHODS} and FAMILY in {tuple(DEMO_MODELS)}")
     c = base.get_config()
-    c.name = f"demo_sudoku_{method}"
+    c.name = f"demo_sudoku_{method}" + ("" if family == "llada" else f"_{family}")
     c.seed = 0
-    tiny_model.apply(c, from_preset=False)
-    c.model.hf_dir = DEMO_MODEL
+    tiny_model.apply(c, from_preset=False, family=family)
+    c.model.hf_dir = DEMO_MODELS[family]
     c.model.lora_rank = 16
     c.model.lora_alpha = 32.0
     c.model.lora_targets = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")

@@ -1,10 +1,12 @@
 """The embedded demo (README's main command): DiFFPO makes a tiny dLLM solve 4x4 Sudoku
 better *and* with fewer forward passes, on a laptop CPU in a few minutes.
 
-    python -m diffpo_jax.demo [--method joint] [--steps 40] [--seed 0] [--out_dir runs/demo_joint_seed0]
+    python -m diffpo_jax.demo [--method joint] [--family llada] [--steps 40] [--seed 0] [--out_dir runs/demo_joint_seed0]
 
 1. Loads the shipped tiny LLaDA (diffpo_jax/assets/demo_sudoku: ~0.9M parameters, made by
-   `python -m diffpo_jax.sft --config configs/sft_sudoku.py`, seed 0, see its sft_info.json).
+   `python -m diffpo_jax.sft --config configs/sft_sudoku.py`, seed 0, see its sft_info.json),
+   or with `--family dream` the same recipe in the Dream architecture
+   (diffpo_jax/assets/demo_sudoku_dream: GQA, q/k/v biases, the logit shift, ChatML prompts).
 2. Evaluates it on held-out puzzles of the real test set (../shared/data): the EB sampler at
    fixed γ values (accuracy and mean NFE), and LLaDA's one-token-per-step decoding.
 3. Trains with DiFFPO (configs/demo_sudoku.py: 2-MF + IS + the jointly trained threshold
@@ -151,15 +153,17 @@ def adaptive_point(policy, tokenizer, config, items, ids, rl_cfg, series: str) -
     return {"label": f"adaptive (mean μ={mu_mean:.2f})", "series": series, "gamma": mu_mean, **out}
 
 
-def default_out_dir(method: str, seed: int) -> str:
-    """`runs/demo_<method>_seed<seed>`: training resumes from what `out_dir` holds, so every
-    method and seed gets its own directory (another method's checkpoint is never reused)."""
-    return os.path.join("runs", f"demo_{method}_seed{seed}")
+def default_out_dir(method: str, seed: int, family: str = "llada") -> str:
+    """`runs/demo_<method>_seed<seed>` (`runs/demo_<family>_<method>_seed<seed>` for a family
+    other than llada): training resumes from what `out_dir` holds, so every method, family and
+    seed gets its own directory (another run's checkpoint is never reused)."""
+    name = method if family == "llada" else f"{family}_{method}"
+    return os.path.join("runs", f"demo_{name}_seed{seed}")
 
 
 def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, seed: int = 0,
              eval_items: int = 0, overrides: dict | None = None, progress: bool = True,
-             sweep: bool = True) -> dict:
+             sweep: bool = True, family: str = "llada") -> dict:
     """Run the whole demo; returns the summary written to `<out_dir>/summary.json`
     (out_dir None: `default_out_dir(method, seed)`; an existing run there is resumed, and
     experiment.ConfigError is raised if its parameters do not fit this method).
@@ -169,8 +173,8 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, 
     from diffpo_jax.train import train
 
     t0 = time.perf_counter()
-    out_dir = out_dir or default_out_dir(method, seed)
-    config = demo_sudoku.get_config(method)
+    out_dir = out_dir or default_out_dir(method, seed, family)
+    config = demo_sudoku.get_config(f"{method},{family}")
     config.seed = seed
     config.train.out_dir = out_dir
     if steps:
@@ -225,8 +229,8 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, 
     gain, verdict = equal_nfe_verdict(after_main, sft_eq)
     points = sft_known + [sft_eq] + after + ([after_main] if rl_cfg.joint_sampler else [])
     plot = evaluate.plot_pareto(points, os.path.join(out_dir, "pareto.png"),
-                                f"4x4 Sudoku, tiny dLLM: before vs after {method}")
-    summary = {"method": method, "seed": seed, "steps": int(config.train.steps), "n_eval": len(items),
+                                f"4x4 Sudoku, tiny {'LLaDA' if family == 'llada' else 'Dream'}: before vs after {method}")
+    summary = {"method": method, "family": family, "seed": seed, "steps": int(config.train.steps), "n_eval": len(items),
                "before": before_ref, "before_one_token_per_step": before_fixed, "after": after_main,
                "sft_equal_nfe": sft_eq, "equal_nfe_gain": gain, "equal_nfe_verdict": verdict,
                "points": points, "train_seconds": round(t_train, 1),
@@ -253,11 +257,14 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="joint", choices=METHODS,
                    help="joint (default: 2-MF + IS + threshold head), d1, 2mf or 2mf_is")
+    p.add_argument("--family", default="llada", choices=("llada", "dream"),
+                   help="model family of the shipped tiny SFT model: llada (default, assets/demo_sudoku) or dream "
+                        "(assets/demo_sudoku_dream: Dream's architecture and ChatML tokenizer)")
     p.add_argument("--steps", type=int, default=0, help="RL steps (default: configs/demo_sudoku.py)")
     p.add_argument("--seed", type=int, default=0, help="seed of the RL run (default 0)")
     p.add_argument("--eval_items", type=int, default=0, help="held-out puzzles (default: the config's)")
     p.add_argument("--out_dir", default=None,
-                   help="checkpoints, metrics.jsonl, pareto.png, summary.json (default runs/demo_<method>_seed<seed>; "
+                   help="checkpoints, metrics.jsonl, pareto.png, summary.json (default runs/demo_[<family>_]<method>_seed<seed>; "
                         "an existing run there is resumed)")
     args = p.parse_args(argv)
     from absl import logging
@@ -267,8 +274,8 @@ def main(argv=None) -> int:
     logging.set_verbosity(logging.WARNING)
     distributed.maybe_initialize()  # multi-host from the environment; a no-op on one host
     try:
-        run_demo(args.method, args.steps, args.out_dir or default_out_dir(args.method, args.seed), args.seed,
-                 args.eval_items)
+        run_demo(args.method, args.steps, args.out_dir or default_out_dir(args.method, args.seed, args.family),
+                 args.seed, args.eval_items, family=args.family)
     except experiment.ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     return 0

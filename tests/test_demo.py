@@ -27,12 +27,14 @@ def test_sft_writes_a_loadable_checkpoint(tmp_path):
     assert json.load(open(tmp_path / "sft" / "sft_info.json"))["result"]["steps"] == 3
 
 
-def test_shipped_demo_model_is_small_and_documented():
-    d = demo_sudoku.DEMO_MODEL
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_shipped_demo_model_is_small_and_documented(family):
+    d = demo_sudoku.DEMO_MODELS[family]
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     assert size <= 10 * 2**20
     info = json.load(open(os.path.join(d, "sft_info.json")))
-    assert info["seed"] == 0 and info["sft"]["steps"] == sft_sudoku.get_config().sft.steps
+    assert info["seed"] == 0 and info["sft"]["steps"] == sft_sudoku.get_config(family).sft.steps
+    assert load_hf(d, eot_token_id=4, param_dtype="float32").cfg.family == family
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -67,17 +69,29 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                  overrides={"train.prompts_per_step": 1, "train.eval_batch": 8})
 
 
+def test_dream_demo_runs_end_to_end(tmp_path):
+    """The same demo on the shipped Dream-architecture model (its ChatML tokenizer, the shift)."""
+    from diffpo_jax.demo import run_demo
+
+    s = run_demo("joint", steps=1, out_dir=str(tmp_path / "dream"), eval_items=8, progress=False, sweep=False,
+                 overrides={"train.prompts_per_step": 1, "train.eval_batch": 8}, family="dream")
+    assert s["family"] == "dream" and s["before"]["n"] == 8 and "adaptive" in s["after"]["label"]
+    assert s["before"]["accuracy"] > 0.3  # the shipped SFT model has learnt the task
+
+
 def test_demo_cli_gives_each_method_and_seed_its_own_dir_and_one_line_errors(monkeypatch):
     from diffpo_jax import demo, experiment
 
     dirs = {demo.default_out_dir(m, s) for m in demo_sudoku.METHODS for s in (0, 1)}
     assert len(dirs) == 2 * len(demo_sudoku.METHODS) and demo.default_out_dir("joint", 0) == os.path.join("runs", "demo_joint_seed0")
     calls = []
-    monkeypatch.setattr(demo, "run_demo", lambda *a: calls.append(a))
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: calls.append((a, k)))
     assert demo.main(["--method", "2mf_is", "--seed", "3"]) == 0
-    assert calls == [("2mf_is", 0, os.path.join("runs", "demo_2mf_is_seed3"), 3, 0)]
+    assert calls == [(("2mf_is", 0, os.path.join("runs", "demo_2mf_is_seed3"), 3, 0), {"family": "llada"})]
+    assert demo.main(["--family", "dream"]) == 0
+    assert calls[-1] == (("joint", 0, os.path.join("runs", "demo_dream_joint_seed0"), 0, 0), {"family": "dream"})
 
-    def refuse(*a):
+    def refuse(*a, **k):
         raise experiment.ConfigError("cannot restore into this config's parameters")
 
     monkeypatch.setattr(demo, "run_demo", refuse)
@@ -87,7 +101,7 @@ def test_demo_cli_gives_each_method_and_seed_its_own_dir_and_one_line_errors(mon
     from diffpo_jax import distributed
 
     monkeypatch.setattr(distributed, "maybe_initialize", lambda: calls.append("init"))
-    monkeypatch.setattr(demo, "run_demo", lambda *a: calls.append("run"))
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: calls.append("run"))
     demo.main([])
     assert calls[-2:] == ["init", "run"]
 
