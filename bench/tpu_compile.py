@@ -1,10 +1,11 @@
-"""Compile the LLaDA-8B workloads for a Cloud TPU topology ahead of time, on a CPU host.
+"""Compile the LLaDA-8B / Dream-7B workloads for a Cloud TPU topology ahead of time, on a CPU host.
 
     pip install -e ".[tpu]"                  # libtpu: the TPU compiler (no TPU needed)
     python -m bench.tpu_compile              # v5e-8, v4-8, v5p-8, v6e-8: every workload
     python -m bench.tpu_compile --topology v5e:2x4 --mesh 1,4,2 --workloads train_step
     python -m bench.tpu_compile --accelerator v4-32 --joint --workloads train_step   # = launch/tpu_pod.sh fit
     python -m bench.tpu_compile --topology cpu:8 --config tiny    # the mechanics, on CPU devices
+    python -m bench.tpu_compile --config dream7b --topology v5e:2x4,v4:2x2x1   # Dream-7B shapes
 
 libtpu compiles for a TPU topology without the chips (`jax.experimental.topologies`): the
 programs below are traced with their real shardings on a ('data', 'fsdp', 'tp') mesh over
@@ -17,10 +18,11 @@ kernel), but never run. Per workload and topology it reports:
                  donated (aliased) buffers, per chip; against the chip's HBM (HBM_GIB)
   fits           GiB / chip ≤ HBM per chip; "no (compiler: out of HBM)" when the TPU compiler
                  refuses the program (then GiB / chip shows its temporaries alone)
-Workloads (LLaDA-8B shapes with random bf16 weights: only shapes matter here; B = rows per
-chip × data·fsdp):
+Workloads (LLaDA-8B shapes, or --config dream7b for Dream-7B's: GQA 28 / 4 heads, q/k/v biases,
+vocab 152064; random bf16 weights: only shapes matter here; B = rows per chip × data·fsdp):
   forward     the rollout forward: logits `[B, P+L, V]` of one model call
-  sampler     the whole compiled decoding loop (rule eb, blocks of 32, static steps)
+  sampler     the whole compiled decoding loop (rule eb, or dream with --sampler_rule; blocks of
+              --block_length; static steps)
   train_step  the LoRA (+ threshold head with --joint) RL step of diffpo_jax.rl.train_step,
               trainable state and optimiser state donated
 Nothing here is a measurement of speed: that needs the chips (bench/run.py). (The MFU FLOP
@@ -48,7 +50,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from diffpo_jax import sharding as shd  # noqa: E402
-from diffpo_jax.models import llada  # noqa: E402
+from diffpo_jax.models import dream, llada  # noqa: E402
 from diffpo_jax.models.attention import resolve_impl  # noqa: E402
 from diffpo_jax.models.threshold_head import Policy, ThresholdHead, trainable_filter  # noqa: E402
 from diffpo_jax.rl import RLConfig  # noqa: E402
@@ -60,6 +62,9 @@ WORKLOADS = ("forward", "sampler", "train_step")
 DEFAULT_TOPOLOGIES = ("v5e:2x4", "v4:2x2x1", "v5p:2x2x1", "v6e:2x4")
 # HBM per chip, GiB, by lower-case substring of the device kind; first match wins.
 HBM_GIB = {"v5 lite": 16.0, "v5e": 16.0, "v6 lite": 32.0, "v6e": 32.0, "v5p": 95.0, "v5": 95.0, "v4": 32.0}
+# --config: model shapes (bf16 params and compute for the full-size models).
+CONFIGS = {"llada8b": common.llada8b_config, "tiny": llada.tiny, "dream_tiny": dream.tiny,
+           "dream7b": lambda **kw: dream.dream_7b_instruct(**{"compute_dtype": "bfloat16", **kw})}
 
 
 def hbm_gib(device_kind: str) -> float | None:
@@ -155,9 +160,12 @@ def compile_forward(cfg, mesh, rows: int, seq: int):
     return lower_and_compile(fn, mesh, state, batch_struct((rows, seq), jnp.int32, mesh))
 
 
-def compile_sampler(cfg, mesh, rows: int, prompt_len: int, gen_length: int):
+def compile_sampler(cfg, mesh, rows: int, prompt_len: int, gen_length: int, block_length: int = 32,
+                    rule: str = "eb"):
     graphdef, state = abstract_split(lambda: llada.LLaDA(cfg, rngs=nnx.Rngs(0)), mesh)
-    sampler = make_sampler(graphdef, SamplerConfig(rule="eb", gen_length=gen_length, block_length=32), mesh)
+    steps = gen_length if rule == "dream" else None  # configs/dream7b.py: one token per step
+    scfg = SamplerConfig(rule=rule, gen_length=gen_length, block_length=block_length, steps=steps)
+    sampler = make_sampler(graphdef, scfg, mesh)
     f32 = batch_struct((rows,), jnp.float32, mesh)
     return lower_and_compile(sampler.jitted, mesh, state, batch_struct((rows, prompt_len), jnp.int32, mesh),
                              batch_struct((rows, prompt_len), jnp.bool_, mesh), key_struct(mesh), f32, f32, f32)
@@ -193,10 +201,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--accelerator", default=None,
                     help="a Cloud TPU accelerator type (v4-32, v5litepod-16, ...) instead of --topology")
     ap.add_argument("--mesh", default=None, help="data,fsdp,tp (default: 1,<all devices>,1: FSDP, as the launch scripts)")
-    ap.add_argument("--config", default="llada8b", choices=("llada8b", "tiny"))
+    ap.add_argument("--config", default="llada8b", choices=tuple(CONFIGS),
+                    help="model shapes: llada8b | dream7b (Dream-v0-Instruct-7B) | tiny | dream_tiny")
     ap.add_argument("--n_layers", type=int, default=None, help="override the layer count")
     ap.add_argument("--d_model", type=int, default=None, help="override the width (tiny: head_dim = d_model / n_heads)")
-    ap.add_argument("--n_heads", type=int, default=None, help="override the (query and key/value) head count")
+    ap.add_argument("--n_heads", type=int, default=None, help="override the query head count")
+    ap.add_argument("--n_kv_heads", type=int, default=None, help="override the key/value head count (default: "
+                    "--n_heads when that is set, i.e. no GQA)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list from {WORKLOADS}")
     ap.add_argument("--forward_rows", type=int, default=8, help="forward rows per data*fsdp shard")
     ap.add_argument("--sampler_rows", type=int, default=8, help="sampler rows per data*fsdp shard")
@@ -204,6 +215,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--group", type=int, default=6, help="G, completions per prompt of the train step (divides its B)")
     ap.add_argument("--prompt_len", type=int, default=128)
     ap.add_argument("--gen_length", type=int, default=256)
+    ap.add_argument("--block_length", type=int, default=32, help="sampler block (configs/dream7b.py: = gen_length)")
+    ap.add_argument("--sampler_rule", default="eb", choices=("eb", "dream"),
+                    help="sampler rule: eb (joint rollouts, evaluation) | dream (Dream's entropy order, "
+                         "steps = gen_length: configs/dream7b.py's other rollouts)")
     ap.add_argument("--method", default="2mf_is", help="RLConfig.method of the train step")
     ap.add_argument("--joint", action="store_true", help="train the threshold head too (joint model + sampler)")
     ap.add_argument("--micro_batches", type=int, default=1, help="RLConfig.micro_batches of the train step")
@@ -221,13 +236,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def model_config(args, **kw) -> llada.LLaDAConfig:
-    if args.config == "llada8b":
-        cfg = common.llada8b_config(attention_impl=args.attention_impl, **kw)
-    else:
-        cfg = llada.tiny(attention_impl=args.attention_impl, **kw)
+    cfg = CONFIGS[args.config](attention_impl=args.attention_impl, **kw)
     overrides = {k: getattr(args, k) for k in ("n_layers", "d_model") if getattr(args, k)}
     if args.n_heads:
         overrides.update(n_heads=args.n_heads, n_kv_heads=args.n_heads)
+    if args.n_kv_heads:
+        overrides.update(n_kv_heads=args.n_kv_heads)
     return cfg.replace(**overrides)
 
 
@@ -244,16 +258,17 @@ def run_topology(name: str, args) -> list:
     for work in args.workloads.split(","):
         t0 = time.perf_counter()
         with shd.use_mesh(mesh):
-            auto = resolve_impl(args.attention_impl, "bfloat16" if args.config == "llada8b" else "float32",
-                                model_config(args).head_dim)
+            auto = resolve_impl(args.attention_impl, model_config(args).compute_dtype, model_config(args).head_dim)
         if work == "forward":
             b = args.forward_rows * shards
             build = lambda: compile_forward(model_config(args), mesh, b, seq)  # noqa: E731
             shape = f"B={b}, S={seq}"
         elif work == "sampler":
             b = args.sampler_rows * shards
-            build = lambda: compile_sampler(model_config(args), mesh, b, args.prompt_len, args.gen_length)  # noqa
-            shape = f"B={b}, P={args.prompt_len}, L={args.gen_length}, eb, blocks of 32"
+            build = lambda: compile_sampler(model_config(args), mesh, b, args.prompt_len, args.gen_length,  # noqa
+                                            args.block_length, args.sampler_rule)
+            shape = (f"B={b}, P={args.prompt_len}, L={args.gen_length}, {args.sampler_rule}, "
+                     f"blocks of {args.block_length}")
         else:  # train_step
             b = args.train_rows * shards
             if b % args.group:

@@ -78,3 +78,25 @@ def test_splash_lowers_for_tpu_in_every_workload():
         assert r[1] == "TPU v5 lite" and r[2] == "1x4x1", r
         assert r[6] == "splash" and r[7] == "yes", r  # auto -> splash; the Mosaic kernel is in the program
         assert r[-1] == "yes" and 0 < float(r[8]) < 16, r
+
+
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="needs libtpu (pip install -e '.[tpu]')")
+def test_dream_shapes_lower_for_tpu():
+    # A scaled-down Dream-7B: head_dim 128 with GQA (4 query / 2 kv heads), q/k/v biases, shifted logits,
+    # Dream's sampler rule over one block of the whole completion (configs/dream7b.py); v5e 2x2 with tp = 2
+    # (a kv head per tp shard).
+    # The full Dream-7B compile is the bench command of docs/benchmarks.md (minutes on a CPU host).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.run([sys.executable, "-m", "bench.tpu_compile", "--topology", "v5e:2x2", "--config", "dream_tiny",
+                           "--mesh", "1,2,2", "--n_layers", "2", "--d_model", "512", "--n_heads", "4", "--n_kv_heads",
+                           "2", "--workloads", "sampler,train_step", "--train_rows", "2", "--group", "2",
+                           "--prompt_len", "16", "--gen_length", "64", "--block_length", "64", "--sampler_rule",
+                           "dream", "--lora_rank", "4", "--joint"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _table_rows(proc.stdout)
+    assert [r[3] for r in rows] == ["sampler", "train_step"] and "dream, blocks of 64" in rows[0][4]
+    for r in rows:
+        assert r[1] == "TPU v5 lite" and r[2] == "1x2x2", r
+        assert r[6] == "splash" and r[7] == "yes", r
+        assert r[-1] == "yes" and 0 < float(r[8]) < 16, r
