@@ -31,6 +31,9 @@ MODEL_FIELDS = ("param_dtype", "compute_dtype", "lora_dtype", "remat", "attentio
                 "lora_alpha", "lora_targets")
 
 
+CHECKPOINT_NAMES = {"llada": "LLaDA-8B-Instruct", "dream": "Dream-v0-Instruct-7B"}
+
+
 class ConfigError(ValueError):
     """A bad experiment config; the message names the field (`config.section.field`)."""
 
@@ -191,6 +194,18 @@ def load_tokenizer(config: ml_collections.ConfigDict):
     return tokenizer
 
 
+def check_tensor_parallel(cfg, mesh: Optional[jax.sharding.Mesh]) -> None:
+    """ConfigError unless the mesh's tp axis splits both the query and the key/value heads into
+    whole heads (the flattened head axis is what tp shards: tp = 8 on Dream-7B's 28 / 4 heads
+    would cut heads in half and add all-to-alls to every layer)."""
+    tp = int(mesh.shape.get("tp", 1)) if mesh is not None else 1
+    if tp > 1 and (cfg.n_heads % tp or cfg.n_kv_heads % tp):
+        ok = [d for d in range(1, cfg.n_kv_heads + 1) if cfg.n_heads % d == 0 and cfg.n_kv_heads % d == 0]
+        raise ConfigError(f"config.mesh.tp={tp} does not divide the model's {cfg.n_heads} query / {cfg.n_kv_heads} "
+                          f"key-value heads, so tensor parallelism would split heads across chips; use tp in "
+                          f"{ok} (and fsdp for the rest of the devices)")
+
+
 def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mesh]):
     """(LLaDA on `mesh`, tokenizer). `config.model.hf_dir` = HF checkpoint (convert/hf_import),
     else a random-init `config.model.preset` (tests, benchmarks)."""
@@ -206,6 +221,9 @@ def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mes
 
         family = config.model.get("family", "")  # "" = whatever config.json says
         try:
+            from diffpo_jax.convert.hf_config import config_from_hf, read_config
+
+            check_tensor_parallel(config_from_hf(read_config(config.model.hf_dir)), mesh)
             llm = load_hf(config.model.hf_dir, mesh, seed=seed, **overrides, **({"family": family} if family else {}))
         except ConversionError as e:
             raise ConfigError(f"config.model.hf_dir: {e}") from None
@@ -219,8 +237,10 @@ def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mes
             f"config.model.hf_dir is empty, so this would train a randomly initialised "
             f"{config.model.preset!r} model, and its mask token id {cfg.mask_token_id} is outside the "
             f"{len(tokenizer)}-token tokenizer {tokenizer.name_or_path!r}; set "
-            "--config.model.hf_dir=/path/to/LLaDA-8B-Instruct (or config.model.tokenizer_dir for a "
+            f"--config.model.hf_dir=/path/to/{CHECKPOINT_NAMES.get(cfg.family, 'the checkpoint')} (or "
+            "config.model.tokenizer_dir for a "
             "deliberate random-init run)")
+    check_tensor_parallel(cfg, mesh)
     make = lambda: llada.LLaDA(cfg, rngs=nnx.Rngs(seed))  # noqa: E731
     return (shd.create_sharded(make, mesh) if mesh is not None else make()), tokenizer
 

@@ -43,3 +43,16 @@ def test_dream_released_decoding_is_a_flag_set_away():
     e = experiment.sampler_config(c.eval, dream.dream_7b_instruct(), "eval")
     released = {k: getattr(e, k) for k in dream7b.DREAM_RELEASED}
     assert released == dream7b.DREAM_RELEASED and e.rule == "dream" and e.steps == e.gen_length == 256
+
+
+def test_tensor_parallel_must_split_whole_heads():
+    """Dream-7B's 28 query / 4 kv heads: tp = 8 would cut heads across chips (a ConfigError
+    naming the valid tp), tp = 4 and tp = 2 keep whole heads; LLaDA-8B's 32 / 32 takes tp = 8."""
+    from diffpo_jax import experiment, sharding as shd
+    from diffpo_jax.models import dream, llada
+
+    with pytest.raises(experiment.ConfigError, match=r"config.mesh.tp=8 .* 28 query / 4 key-value heads.*\[1, 2, 4\]"):
+        experiment.check_tensor_parallel(dream.dream_7b_instruct(), shd.make_mesh(1, 1, 8))
+    experiment.check_tensor_parallel(dream.dream_7b_instruct(), shd.make_mesh(1, 2, 4))
+    experiment.check_tensor_parallel(llada.llada_8b_instruct(), shd.make_mesh(1, 1, 8))
+    experiment.check_tensor_parallel(dream.dream_7b_instruct(), None)
