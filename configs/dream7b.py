@@ -27,7 +27,7 @@ README, "Usage" and "Parameters of diffusion_generate()"):
 """
 
 from configs import base
-from configs.llada8b import INNER, METHODS, TASKS
+from configs.llada8b import INNER, METHODS, TASKS, parse_task_method  # noqa: F401
 
 # Dream's released decoding (README example: steps = max_new_tokens = 512, temperature 0.2,
 # top_p 0.95, alg 'entropy', alg_temp 0; eps 1e-3 is generation_utils' default), as fields of the
@@ -38,14 +38,7 @@ GEN_LENGTH = 256  # d1's max_completion_length, every task
 
 
 def get_config(arg: str = "gsm8k,2mf_is"):
-    try:
-        task, method = (s.strip() for s in arg.split(","))
-    except ValueError:
-        raise ValueError(f"configs/dream7b.py: argument {arg!r} must be 'TASK,METHOD', "
-                         f"TASK in {TASKS}, METHOD in {METHODS}") from None
-    if task not in TASKS or method not in METHODS:
-        raise ValueError(f"configs/dream7b.py: got task={task!r} method={method!r}; "
-                         f"TASK in {TASKS}, METHOD in {METHODS}")
+    task, method = parse_task_method(arg, "configs/dream7b.py")
     c = base.get_config()
     c.name = f"dream7b_{task}_{method}"
     c.model.preset = "dream_7b_instruct"

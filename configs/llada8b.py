@@ -18,15 +18,21 @@ METHODS = ("d1", "2mf", "2mf_is", "joint")
 INNER = {"gsm8k": 12, "math500": 12, "countdown": 8, "sudoku": 8}
 
 
-def get_config(arg: str = "gsm8k,2mf_is"):
+def parse_task_method(arg: str, source: str = "configs/llada8b.py") -> tuple[str, str]:
+    """'TASK,METHOD' -> (task, method), with an error naming `source` and the valid values."""
     try:
         task, method = (s.strip() for s in arg.split(","))
     except ValueError:
-        raise ValueError(f"configs/llada8b.py: argument {arg!r} must be 'TASK,METHOD', "
+        raise ValueError(f"{source}: argument {arg!r} must be 'TASK,METHOD', "
                          f"TASK in {TASKS}, METHOD in {METHODS}") from None
     if task not in TASKS or method not in METHODS:
-        raise ValueError(f"configs/llada8b.py: got task={task!r} method={method!r}; "
+        raise ValueError(f"{source}: got task={task!r} method={method!r}; "
                          f"TASK in {TASKS}, METHOD in {METHODS}")
+    return task, method
+
+
+def get_config(arg: str = "gsm8k,2mf_is"):
+    task, method = parse_task_method(arg)
     c = base.get_config()
     c.name = f"llada8b_{task}_{method}"
     c.model.preset = "llada_8b_instruct"

@@ -23,15 +23,13 @@ Dream keys + sharded safetensors + `model.safetensors.index.json`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_llada import RMSNorm, load_hf_state_dict  # noqa: F401  (shared helpers)
+from torch_llada import RMSNorm, load_hf_state_dict, write_sharded  # noqa: F401  (shared helpers)
 
 
 @dataclasses.dataclass
@@ -194,25 +192,7 @@ def write_hf_checkpoint(model: TorchDream, out_dir: str, n_shards: int = 2,
                         dtype: torch.dtype = torch.float32) -> dict:
     """Write `config.json` + `model-0000k-of-0000n.safetensors` + the index into `out_dir`;
     returns the state dict written (name -> tensor in `dtype`)."""
-    from safetensors.torch import save_file
-
-    os.makedirs(out_dir, exist_ok=True)
-    sd = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-    names = list(sd)
-    per = -(-len(names) // n_shards)
-    weight_map, total = {}, 0
-    for s in range(n_shards):
-        fname = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
-        part = {k: sd[k] for k in names[s * per:(s + 1) * per]}
-        save_file(part, os.path.join(out_dir, fname), metadata={"format": "pt"})
-        for k, v in part.items():
-            weight_map[k] = fname
-            total += v.numel() * v.element_size()
-    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config_dict(model.cfg, str(dtype).replace("torch.", "")), f, indent=2)
-    return sd
+    return write_sharded(model, out_dir, n_shards, dtype, hf_config_dict)
 
 
 # ----------------------------------------------------------------------------- weights <-> ours

@@ -213,6 +213,13 @@ def write_hf_checkpoint(model: TorchLLaDA, out_dir: str, n_shards: int = 2,
 
     Tensors are split, in state_dict order, into `n_shards` contiguous groups. Returns the state dict that was written (name -> tensor in `dtype`).
     """
+    return write_sharded(model, out_dir, n_shards, dtype, hf_config_dict)
+
+
+def write_sharded(model: nn.Module, out_dir: str, n_shards: int, dtype: torch.dtype, config_fn) -> dict:
+    """`model.state_dict()` in `dtype` as `n_shards` safetensors files (contiguous groups in
+    state_dict order) + `model.safetensors.index.json` + `config.json` = `config_fn(model.cfg,
+    dtype name)`, in `out_dir`; returns the state dict written. Shared by the families' references."""
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
@@ -229,9 +236,8 @@ def write_hf_checkpoint(model: TorchLLaDA, out_dir: str, n_shards: int = 2,
             total += v.numel() * v.element_size()
     with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    dtype_name = str(dtype).replace("torch.", "")
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config_dict(model.cfg, dtype_name), f, indent=2)
+        json.dump(config_fn(model.cfg, str(dtype).replace("torch.", "")), f, indent=2)
     return sd
 
 
