@@ -27,7 +27,7 @@ README, "Usage" and "Parameters of diffusion_generate()"):
 """
 
 from configs import base
-from configs.llada8b import INNER, METHODS, TASKS, parse_task_method  # noqa: F401
+from configs.llada8b import METHODS, TASKS, apply_method, parse_task_method  # noqa: F401
 
 # Dream's released decoding (README example: steps = max_new_tokens = 512, temperature 0.2,
 # top_p 0.95, alg 'entropy', alg_temp 0; eps 1e-3 is generation_utils' default), as fields of the
@@ -72,14 +72,7 @@ def get_config(arg: str = "gsm8k,2mf_is"):
     c.eval.temperature = 0.0
     c.eval.top_p = 1.0
 
-    c.rl.num_inner = INNER[task]
-    c.rl.micro_batches = 4
-    c.rl.method = "2mf_is" if method == "joint" else method
-    if method == "joint":
-        c.rl.joint_sampler = True
-        c.sampler.rule = "eb"
-        c.rl.nfe_ref = float(c.sampler.gen_length)
-        c.rl.head_lr_scale = 100.0  # as configs/llada8b.py: a fresh head does not move at the LoRA's 3e-6
+    apply_method(c, task, method)  # as configs/llada8b.py (joint: EB rollouts, head at 100 x lr)
     c.train.out_dir = f"runs/{c.name}"
     c.train.export_hf = True
     return c

@@ -31,14 +31,9 @@ def parse_task_method(arg: str, source: str = "configs/llada8b.py") -> tuple[str
     return task, method
 
 
-def get_config(arg: str = "gsm8k,2mf_is"):
-    task, method = parse_task_method(arg)
-    c = base.get_config()
-    c.name = f"llada8b_{task}_{method}"
-    c.model.preset = "llada_8b_instruct"
-    c.model.remat = "dots_no_batch"  # with the 4 micro-batches: 11.7 GiB per v5e chip at 6 rows (bench/tpu_compile.py)
-    c.mesh.fsdp = -1
-    c.task.name = task
+def apply_method(c, task: str, method: str) -> None:
+    """The RL method's settings shared by every 8B-scale config (llada8b, dream7b): μ per task,
+    4 micro-batches, and for joint 2-MF + IS with EB rollouts and the head at 100 x lr."""
     c.rl.num_inner = INNER[task]
     c.rl.micro_batches = 4
     c.rl.method = "2mf_is" if method == "joint" else method
@@ -49,6 +44,17 @@ def get_config(arg: str = "gsm8k,2mf_is"):
         # the head is a fresh MLP: at the LoRA's 3e-6 AdamW moves it ~1e-6 per step and μ(p) never
         # leaves γ_init (the demo needed the same factor, configs/demo_sudoku.py); it learns at 3e-4
         c.rl.head_lr_scale = 100.0
+
+
+def get_config(arg: str = "gsm8k,2mf_is"):
+    task, method = parse_task_method(arg)
+    c = base.get_config()
+    c.name = f"llada8b_{task}_{method}"
+    c.model.preset = "llada_8b_instruct"
+    c.model.remat = "dots_no_batch"  # with the 4 micro-batches: 11.7 GiB per v5e chip at 6 rows (bench/tpu_compile.py)
+    c.mesh.fsdp = -1
+    c.task.name = task
+    apply_method(c, task, method)
     c.train.out_dir = f"runs/{c.name}"
     c.train.export_hf = True
     return c

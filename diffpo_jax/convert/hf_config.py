@@ -27,12 +27,13 @@ import os
 from typing import Optional
 
 from diffpo_jax.convert.errors import ConversionError
+from diffpo_jax.convert.mapping import FAMILY_NAMES
 from diffpo_jax.models import dream
 from diffpo_jax.models.llada import LLaDAConfig
 
 FAMILY_OF_MODEL_TYPE = {"llada": "llada", "Dream": "dream"}
 FAMILY_OF_ARCHITECTURE = {"LLaDAModelLM": "llada", "DreamModel": "dream"}
-NAMES = {"llada": "LLaDA", "dream": "Dream"}
+NAMES = FAMILY_NAMES  # display names, from the mapping tables' module
 REFERENCE = {"llada": "LLaDA-8B", "dream": "Dream-v0-7B"}  # for "this is not a ...-style checkpoint"
 
 # key -> the values we implement. A key absent from config.json is accepted.
