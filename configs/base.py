@@ -54,6 +54,7 @@ def get_config():
     c.rl = ml_collections.ConfigDict()
     c.rl.method = "d1"            # d1 | mf_is | 2mf | 2mf_is
     c.rl.joint_sampler = False
+    c.rl.head = "prompt"          # threshold head: prompt (one γ per completion, SPEC §5) | step (γ_t per step)
     c.rl.num_generations = 6
     c.rl.p_mask = 0.15
     c.rl.prompt_mask_stages = "stage1"

@@ -33,10 +33,8 @@ import time
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from diffpo_jax import evaluate, experiment, tasks
-from diffpo_jax.rl.rollout import adaptive_gamma_fn
 
 
 def _evaluate(llm, tokenizer, config, items, ids, scfg, gamma_fn=None) -> dict:
@@ -138,19 +136,19 @@ def equal_nfe_verdict(after: dict, sft: dict, tol: float = NFE_TOL) -> tuple[dic
     return gain, "[demo] " + text
 
 
-def adaptive_point(policy, tokenizer, config, items, ids, rl_cfg, series: str) -> dict:
-    """The adaptive sampler: per-prompt γ = μ_φ(p) from the threshold head."""
-    scfg = experiment.sampler_config(config.eval, policy.llm.cfg, "eval")
-    mu_of = adaptive_gamma_fn(policy, scfg.gen_length, rl_cfg.use_padding_mask)
-    mus = []
-
-    def gamma_fn(p, m):
-        mus.append(mu_of(p, m))
-        return mus[-1]
-
-    out = _evaluate(policy.llm, tokenizer, config, items, ids, scfg, gamma_fn)
-    mu_mean = float(jnp.concatenate(mus).mean())
-    return {"label": f"adaptive (mean μ={mu_mean:.2f})", "series": series, "gamma": mu_mean, **out}
+def adaptive_point(policy, tokenizer, config, items, ids, series: str, eval_cfg=None) -> dict:
+    """The adaptive sampler: γ = μ_φ(p) per prompt (or μ_φ(p, s_t) per step) from the threshold
+    head, inside the EB sampler of `eval_cfg` (default: config.eval). `gamma` = the mean γ used."""
+    scfg = eval_cfg or experiment.sampler_config(config.eval, policy.llm.cfg, "eval")
+    records, out = evaluate.run_eval(policy.llm, tokenizer, config.task.name, items, scfg,
+                                     batch_size=int(config.train.eval_batch), head=policy.head,
+                                     key=jax.random.key(1234), prompt_ids=ids, progress=False,
+                                     pad_multiple=int(config.eval.get("pad_multiple", 0)))
+    gammas = [r["gamma"] for r in records]
+    mu_mean = float(sum(gammas) / max(len(gammas), 1))
+    kind = "μ(p, s_t)" if policy.head.n_step_features else "μ(p)"
+    return {"label": f"adaptive {kind} (mean γ={mu_mean:.2f})", "series": series, "gamma": mu_mean,
+            "gammas": gammas, **out}
 
 
 def default_out_dir(method: str, seed: int, family: str = "llada") -> str:
@@ -213,9 +211,9 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, 
     after = fixed_gamma_points(policy.llm, tokenizer, config, items, ids, f"{method} model, fixed γ")
     after_main = next(p for p in after if abs(p["gamma"] - ref_gamma) < 1e-9)
     if rl_cfg.joint_sampler:
-        after_main = adaptive_point(policy, tokenizer, config, items, ids, rl_cfg, f"{method}, adaptive γ=μ(p)")
+        after_main = adaptive_point(policy, tokenizer, config, items, ids, f"{method}, adaptive γ")
     # The fair comparison: the SFT model (`llm` is untouched: train() loads its own copy) at the
-    # fixed γ whose mean NFE matches the trained model's main point (as reported, head forward included).
+    # fixed γ whose mean NFE matches the trained model's main point (every model forward counted).
     target = float(after_main["nfe_mean"])
     sft_known = list(before)
     if not sweep:  # only the ref point so far: bracket the target with the sweep's γ on its side

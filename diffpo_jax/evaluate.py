@@ -34,6 +34,7 @@ from diffpo_jax.cli_types import floats, local_dir, positive_int
 from diffpo_jax.convert.errors import ConversionError
 from diffpo_jax.distributed import from_host, host_value
 from diffpo_jax.models.attention import ATTENTION_IMPLS
+from diffpo_jax.models.threshold_head import HeadGamma
 from diffpo_jax.sampling import DREAM_ALGS, RULES, SamplerConfig, left_pad, make_sampler
 from diffpo_jax.sampling.config import KV_CACHES
 
@@ -113,13 +114,16 @@ def _gather_batches(decoded: list, n_proc: int, n_batches: int, batch_size: int,
 def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampler_cfg: SamplerConfig, *,
              batch_size: int = 32, gamma_fn=None, key: Optional[jax.Array] = None, mesh=None,
              prompt_ids: Optional[list[list[int]]] = None, progress: bool = True,
-             pad_multiple: int = 0, gamma_fn_nfe: int = 1) -> tuple[list[dict], dict]:
+             pad_multiple: int = 0, gamma_fn_nfe: int = 0, head=None) -> tuple[list[dict], dict]:
     """Decode every item with `sampler_cfg` and score it.
 
-    gamma_fn(prompt [b, P], prompt_mask [b, P]) -> γ `[b]` (the adaptive sampler's μ_φ(p));
-    None = the config's fixed γ / threshold. A gamma_fn's model forwards are part of the cost:
-    each row's reported `nfe` is its decoding steps + `gamma_fn_nfe` (1 = the threshold head's
-    prompt forward; `decode_nfe` in the records is the decoding steps alone). Returns (records, summary) where summary has
+    head: a `ThresholdHead` (prompt or step head) that sets EB's γ inside the sampler, at σ = 0
+    (γ = μ; it reads the first decoding forward, so it adds no NFE); records get the γ used
+    (`gamma`: the step head's mean over the row's steps).
+    gamma_fn(prompt [b, P], prompt_mask [b, P]) -> γ `[b]`: any other per-row γ; None (and no
+    head) = the config's fixed γ / threshold. A gamma_fn's own model forwards are part of the
+    cost: each row's reported `nfe` is its decoding steps + `gamma_fn_nfe` (`decode_nfe` in the
+    records is the decoding steps alone). Returns (records, summary) where summary has
     `accuracy`, `nfe_mean` and the task's extra numbers. Batches are padded to `batch_size`
     rows; prompts share one padded length P (one compile), or with pad_multiple = m > 0 each
     batch takes its own longest prompt rounded up to a multiple of m (`padded_batches`).
@@ -134,6 +138,9 @@ def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampl
     called on this process's batches only, so it must not run multi-process collectives.
     """
     key = jax.random.key(0) if key is None else key
+    if head is not None and gamma_fn is not None:
+        raise ValueError("run_eval: pass a threshold head or a gamma_fn, not both")
+    head_gamma = None if head is None else HeadGamma.of(head, 0.0)
     prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(task, items, tokenizer)
     graphdef, state = nnx.split(llm)
     sampler = make_sampler(graphdef, sampler_cfg, mesh)
@@ -148,12 +155,14 @@ def run_eval(llm: nnx.Module, tokenizer, task: str, items: Sequence[dict], sampl
             continue
         gamma = None if gamma_fn is None else host_value(gamma_fn(prompt, pmask))
         out = sampler(state, from_host(prompt, mesh), from_host(pmask, mesh), jax.random.fold_in(key, bi),
-                      gamma=None if gamma is None else from_host(gamma, mesh))
+                      gamma=None if gamma is None else from_host(gamma, mesh), head=head_gamma)
+        if head_gamma is not None:
+            gamma = host_value(out.head.gamma)
         decoded.append((bi, s, n_real, host_value(out.tokens)[:, prompt.shape[1]:],
                         host_value(out.completion_mask), host_value(out.nfe), gamma))
     if n_proc > 1 and n_batches:
         decoded = _gather_batches(decoded, n_proc, n_batches, batch_size, len(prompt_ids),
-                                  sampler_cfg.gen_length, gamma_fn is not None)
+                                  sampler_cfg.gen_length, gamma_fn is not None or head is not None)
     records = []
     for _, s, n_real, comp, cmask, decode_nfe, gamma in decoded:
         nfe = decode_nfe + (0 if gamma_fn is None else int(gamma_fn_nfe))

@@ -21,7 +21,7 @@ from flax import nnx
 
 from diffpo_jax import sharding as shd
 from diffpo_jax.models import llada
-from diffpo_jax.models.threshold_head import Policy, ThresholdHead
+from diffpo_jax.models.threshold_head import STEP_FEATURES, Policy, ThresholdHead
 from diffpo_jax.rl.config import RLConfig
 from diffpo_jax.sampling import SamplerConfig
 
@@ -246,11 +246,13 @@ def build_llm(config: ml_collections.ConfigDict, mesh: Optional[jax.sharding.Mes
 
 
 def build_policy(llm: llada.LLaDA, rl_cfg: RLConfig, seed: int = 0) -> Policy:
-    """Policy(llm, head): the threshold head (replicated, fp32) only for the joint sampler."""
+    """Policy(llm, head): the threshold head (replicated, fp32) only for the joint sampler; a step
+    head (`rl.head='step'`) also reads the decoding state (`threshold_head.STEP_FEATURES`)."""
     if llm.cfg.lora_rank < 1:
         raise ConfigError("config.model.lora_rank: RL trains LoRA adapters; set lora_rank >= 1")
     head = None
     if rl_cfg.joint_sampler:
         head = ThresholdHead(llm.cfg.d_model, gamma_max=rl_cfg.gamma_max, gamma_init=rl_cfg.gamma_init,
-                             hidden=rl_cfg.head_hidden, rngs=nnx.Rngs(seed + 1))
+                             hidden=rl_cfg.head_hidden, rngs=nnx.Rngs(seed + 1),
+                             n_step_features=len(STEP_FEATURES) if rl_cfg.head == "step" else 0)
     return Policy(llm, head)

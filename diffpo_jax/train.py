@@ -37,7 +37,7 @@ from diffpo_jax.checkpointing import CheckpointMismatch, Checkpointer
 from diffpo_jax.metrics_log import MetricsLog
 from diffpo_jax.models.threshold_head import Policy, save_threshold_head
 from diffpo_jax.rl.likelihood import inner_key
-from diffpo_jax.rl.rollout import adaptive_gamma_fn, rollout
+from diffpo_jax.rl.rollout import rollout
 from diffpo_jax.rl.train_step import init_train_state, make_score_fn, make_train_step
 from diffpo_jax.sampling import make_sampler
 from diffpo_jax.tasks.data import grpo_dataset
@@ -66,11 +66,9 @@ def make_evaluator(config, policy_ref: Callable, tokenizer, rl_cfg, mesh) -> Cal
     def run() -> dict:
         policy = policy_ref()
         scfg = experiment.sampler_config(config.eval, policy.llm.cfg, "eval")
-        gamma_fn = None
-        if rl_cfg.joint_sampler:
-            gamma_fn = adaptive_gamma_fn(policy, scfg.gen_length, rl_cfg.use_padding_mask)
         _, summary = evaluate.run_eval(policy.llm, tokenizer, config.task.name, items, scfg,
-                                       batch_size=int(config.train.eval_batch), gamma_fn=gamma_fn,
+                                       batch_size=int(config.train.eval_batch),
+                                       head=policy.head if rl_cfg.joint_sampler else None,
                                        key=jax.random.key(int(config.seed) + 7), mesh=mesh, prompt_ids=ids,
                                        progress=False, pad_multiple=int(config.eval.get("pad_multiple", 0)))
         return {f"eval/{k}": float(v) for k, v in summary.items()}

@@ -142,7 +142,8 @@ def _gamma_fn(prompt, pmask):  # a per-row γ in [0.05, 1.25] that differs betwe
 
 def test_run_eval_on_one_process_is_the_plain_batch_loop(demo_eval):
     """One process: run_eval's records are those of decoding every padded batch in order with key
-    fold_in(key, batch) (today's loop, restated here), with the γ function's forward in the NFE."""
+    fold_in(key, batch) (today's loop, restated here); a γ function's own forwards are counted by
+    gamma_fn_nfe (default 0)."""
     from flax import nnx
 
     from diffpo_jax import tasks
@@ -161,7 +162,7 @@ def test_run_eval_on_one_process_is_the_plain_batch_loop(demo_eval):
         comp, cmask, nfe = (np.asarray(x) for x in (out.tokens, out.completion_mask, out.nfe))
         for j in range(n_real):
             text = tok.decode([int(t) for t in comp[j, prompt.shape[1]:][cmask[j]]], skip_special_tokens=False)
-            want.append({"index": s + j, "completion": text, "nfe": int(nfe[j]) + 1, "decode_nfe": int(nfe[j]),
+            want.append({"index": s + j, "completion": text, "nfe": int(nfe[j]), "decode_nfe": int(nfe[j]),
                          "score": tasks.score("sudoku", text, items[s + j]), "gamma": float(gamma[j])})
     assert json.dumps(records) == json.dumps(want)
     assert summary["n"] == 7 and summary["nfe_mean"] == np.mean([r["nfe"] for r in want])

@@ -123,7 +123,7 @@ def test_micro_batched_step_equals_full_batch(joint_run):
     tr, opt, metrics = make_train_step(st.graphdef, cfg, st.tx)(copy(st.trainable), copy(st.opt_state), st.frozen,
                                                                 batch, rng)
     tr0, opt0, metrics0 = joint_run["out"]
-    tree_close(opt, opt0, atol=1e-8, rtol=1e-4)  # Adam moments after one step = (clipped) gradients
+    tree_close(opt, opt0, atol=5e-8, rtol=1e-4)  # Adam moments after one step = (clipped) gradients
     first_adam_steps_close(tr, tr0, opt0, atol=JOINT.lr * 0.01)
     for k in metrics0:
         np.testing.assert_allclose(metrics[k], metrics0[k], rtol=1e-4, atol=1e-6, err_msg=k)

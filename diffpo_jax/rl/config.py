@@ -14,6 +14,7 @@ PROMPT_MASK_STAGES = ("stage1", "both", "none")
 LOSS_AGG = ("token", "sequence")
 RATIO_UNITS = ("token", "step")
 MODEL_REWARDS = ("task", "task_minus_nfe")
+HEADS = ("prompt", "step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,9 @@ class RLConfig:
                        from, so ρ and w compare against the distribution actually sampled; `none`:
                        d1's convention, log softmax(f) for both although rollouts sample at T.
     joint_sampler:     also train the threshold head (SPEC §5) with one optimiser.
+    head:              `prompt` (SPEC §5: one γ per completion, μ_φ(p)) | `step` (beyond the paper: a
+                       Gaussian γ_t per decoding step, μ_φ(p, s_t) from the prompt features and the
+                       decoding state, log-density summed over the completion's steps).
     num_generations:   G, completions per prompt (consecutive rows form a group).
     p_mask:            prompt-token masking probability of the MF / stage-1 input (d1: 0.15).
     prompt_mask_stages: which 2-MF forwards see the masked prompt: stage1 | both | none.
@@ -54,6 +58,7 @@ class RLConfig:
     method: str = "d1"
     likelihood_temperature: str = "sampler"
     joint_sampler: bool = False
+    head: str = "prompt"
     num_generations: int = 6
     p_mask: float = 0.15
     prompt_mask_stages: str = "stage1"
@@ -96,6 +101,7 @@ class RLConfig:
         choice("loss_agg", LOSS_AGG)
         choice("ratio_unit", RATIO_UNITS)
         choice("model_reward", MODEL_REWARDS)
+        choice("head", HEADS)
         for name in ("num_generations", "num_inner", "micro_batches", "logprob_chunk", "head_hidden"):
             if int(getattr(self, name)) < 1:
                 errors.append(f"{name}={getattr(self, name)} must be >= 1")
@@ -125,14 +131,6 @@ class RLConfig:
         if self.method == "exact":
             return "exact"
         return "2mf" if self.method.startswith("2mf") else "mf"
-
-    @property
-    def head_nfe(self) -> int:
-        """Forwards the threshold head adds to each row's reported NFE: its prompt forward
-        `[p, M…M]` (1 with the joint sampler, else 0). The batch's `nfe` stays the decoding steps
-        T_b (2-MF draws τ from them); every reported NFE (rollout info, train metrics, evaluation)
-        adds this, so NFE counts every model forward a row's completion depends on."""
-        return 1 if self.joint_sampler else 0
 
     def replace(self, **kw) -> "RLConfig":
         return dataclasses.replace(self, **kw)

@@ -6,13 +6,13 @@
 
 Rows come grouped as `tasks.data.grpo_dataset` makes them: rows g·G … g·G+G−1 are prompt g's
 G copies (the layout `rl.losses.group_advantages` expects). With `cfg.joint_sampler` the
-threshold head gives μ_φ(p) from one forward of `[p, M…M]` per prompt (prompt features,
-computed with the rollout-time LoRA, i.e. θ_old), and each row decodes with its own
-γ = clip(μ + σ ε, 0, γ_max) (SPEC §5); the raw draws and the features go into the batch
-(`gamma_raw [B]`, `head_features [B, D]`) so the head's PPO ratio is a function of φ alone.
-That prompt forward is counted in the reported NFE (`RLConfig.head_nfe`). The batch records the
-rollout temperature `[B]` and the behaviour log-probs of the distribution sampled
-(`behaviour_logp`).
+sampler runs the threshold head (`HeadGamma`, σ = cfg.sigma): its prompt features come from the
+sampler's first forward `[p, M…M]` (with the rollout-time LoRA, i.e. θ_old; no extra NFE), and
+each row decodes with its own γ = clip(μ + σ ε, 0, γ_max) (SPEC §5; `rl.head='step'`: a fresh
+γ_t at each step from μ(f, s_t)); the raw draws and the features go into the batch
+(`gamma_raw [B]` or `[B, S]`, `head_features [B, D]`, step head: `step_features [B, S, F]`) so
+the head's PPO ratio is a function of φ alone. The batch records the rollout temperature `[B]`
+and the behaviour log-probs of the distribution sampled (`behaviour_logp`).
 
 Multi-host: each process passes ITS rows (`[B_local, P]`, from a per-process data shard);
 the arrays of the returned batch are global (`[B_local · n_proc, …]`, sharded over
@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from diffpo_jax.distributed import global_batch, host_value, local_rows
-from diffpo_jax.models.threshold_head import Policy, llm_prompt_features
+from diffpo_jax.models.threshold_head import HeadGamma, Policy
 from diffpo_jax.rl.config import RLConfig
 from diffpo_jax.sampling import Sampler
 
@@ -54,33 +54,6 @@ def behaviour_logp(out, temperature: float, cfg: RLConfig) -> jax.Array:
     return out.behaviour_logp
 
 
-def head_mu(policy: Policy, prompt: jax.Array, prompt_mask: jax.Array, gen_length: int,
-            use_padding_mask: bool = False) -> tuple[jax.Array, jax.Array]:
-    """(μ_φ(p) `[B] f32`, prompt features `[B, D] f32`) for prompt rows `[B, P]`."""
-    feats = llm_prompt_features(policy.llm, prompt, prompt_mask, gen_length, use_padding_mask=use_padding_mask)
-    return policy.head(feats), feats
-
-
-_head_mu_jit = nnx.jit(head_mu, static_argnums=(3, 4))
-
-
-def adaptive_gamma_fn(policy: Policy, gen_length: int, use_padding_mask: bool = False):
-    """The adaptive sampler's γ for `evaluate.run_eval(gamma_fn=...)`: (prompt `[b, P]`,
-    prompt_mask `[b, P]`) -> μ_φ(p) `[b] f32` (evaluation uses μ, no exploration noise)."""
-    return lambda p, m: _head_mu_jit(policy, jnp.asarray(p), jnp.asarray(m), gen_length, use_padding_mask)[0]
-
-
-@nnx.jit(static_argnums=(3, 4, 5))
-def _draw_gamma(policy: Policy, prompt_rows: jax.Array, mask_rows: jax.Array, gen_length: int, group: int,
-                use_padding_mask: bool, key: jax.Array, sigma: jax.Array, gamma_max: jax.Array):
-    """Per-row γ for a grouped batch: μ and features from each group's first row (one forward per
-    prompt), repeated over its G rows; raw = μ + σ ε, γ = clip(raw, 0, γ_max). -> (γ, raw, feats)."""
-    mu, feats = head_mu(policy, prompt_rows[::group], mask_rows[::group], gen_length, use_padding_mask)
-    mu, feats = jnp.repeat(mu, group, axis=0), jnp.repeat(feats, group, axis=0)
-    raw = mu + sigma * jax.random.normal(key, mu.shape, jnp.float32)
-    return jnp.clip(raw, 0.0, gamma_max), raw, feats
-
-
 def rollout(policy: Policy, sampler: Sampler, prompt_rows: np.ndarray, mask_rows: np.ndarray,
             items_rows: Sequence[dict], reward_fn: Callable[[str, dict], dict], key: jax.Array, cfg: RLConfig,
             tokenizer, temperature: Optional[float] = None,
@@ -91,21 +64,22 @@ def rollout(policy: Policy, sampler: Sampler, prompt_rows: np.ndarray, mask_rows
     items_rows: B task items (one per row); reward_fn(text, item) -> {component: value} (summed into
     the reward). Returns (batch, info): batch per the `rl.train_step` contract; info holds this
     process's texts and, over ALL rows (every process), the per-component rewards, rewards,
-    NFE, completion lengths and γ (numpy).
+    NFE (= model forwards: the head reads the first decoding forward), completion lengths and
+    γ (numpy; the step head: each row's mean γ over its steps).
     """
     g = cfg.num_generations
     if len(prompt_rows) % g or len(items_rows) != len(prompt_rows):
         raise ValueError(f"rollout: {len(prompt_rows)} prompt rows / {len(items_rows)} items: need one item per "
                          f"row and a multiple of num_generations={g} rows")
-    k_gamma, k_sample = jax.random.split(key)
+    _, k_sample = jax.random.split(key)
     prompt = global_batch(np.asarray(prompt_rows, np.int32), mesh)
     pmask = global_batch(np.asarray(mask_rows, bool), mesh)
-    gamma = gamma_raw = feats = None
-    if cfg.joint_sampler:
-        gamma, gamma_raw, feats = _draw_gamma(policy, prompt, pmask, sampler.cfg.gen_length, g, cfg.use_padding_mask,
-                                              k_gamma, jnp.float32(cfg.sigma), jnp.float32(cfg.gamma_max))
+    head = HeadGamma.of(policy.head, cfg.sigma) if cfg.joint_sampler else None
+    if head is not None and sampler.cfg.use_padding_mask != cfg.use_padding_mask:
+        raise ValueError(f"rollout: the sampler's use_padding_mask={sampler.cfg.use_padding_mask} differs from "
+                         f"RLConfig.use_padding_mask={cfg.use_padding_mask}: the head's features would change meaning")
     _, llm_state = nnx.split(policy.llm)
-    out = sampler(llm_state, prompt, pmask, k_sample, gamma=gamma, temperature=temperature)
+    out = sampler(llm_state, prompt, pmask, k_sample, temperature=temperature, head=head)
     p_len = prompt.shape[1]
     completion = out.tokens[:, p_len:]
     comp_local, cmask_local = local_rows(completion, mesh), local_rows(out.completion_mask, mesh)
@@ -122,11 +96,13 @@ def rollout(policy: Policy, sampler: Sampler, prompt_rows: np.ndarray, mask_rows
         "behaviour_logp": behaviour_logp(out, temp, cfg), "nfe": out.nfe, "rewards": rewards_global,
         "temperature": jnp.full(out.nfe.shape, temp, jnp.float32),
     }
-    if cfg.joint_sampler:
-        batch["gamma_raw"], batch["head_features"] = gamma_raw, feats
+    if head is not None:
+        batch["gamma_raw"], batch["head_features"] = out.head.gamma_raw, out.head.features
+        if out.head.step_features is not None:
+            batch["step_features"] = out.head.step_features
     everyone = lambda x: host_value(global_batch(x, mesh))  # noqa: E731  (all processes' rows)
     info = {"texts": texts, "reward_components": {k: everyone(v) for k, v in per_comp.items()},
-            "rewards": host_value(rewards_global), "nfe": host_value(out.nfe) + cfg.head_nfe,
+            "rewards": host_value(rewards_global), "nfe": host_value(out.nfe),
             "completion_length": host_value(out.completion_length),
-            "gamma": None if gamma is None else host_value(gamma)}
+            "gamma": None if head is None else host_value(out.head.gamma)}
     return batch, info

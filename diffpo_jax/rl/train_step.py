@@ -20,7 +20,8 @@ batch (per-row arrays, all sharded over ('data', 'fsdp') on their first axis):
   unmask_step [B,L] i32, behaviour_logp [B,L] f32, nfe [B] i32, rewards [B] f32;
   optional: old_logp [B,L], ref_logp [B,L], row_id [B] i32 (global row index, default arange),
   temperature [B] f32 (the rollout's T: the likelihoods score log softmax(f/T); default untempered);
-  joint sampler: gamma_raw [B] f32 (unclipped draws), optional head_old_logp [B],
+  joint sampler: gamma_raw [B] f32 (unclipped draws; rl.head='step': [B, S], step t's draw at
+  index t, valid for t < nfe), step head: step_features [B, S, F] f32; optional head_old_logp [B],
   head_features [B,D] (else recomputed from [p, M…M] with the current LoRA, stop-gradient;
   passing the rollout's features keeps the head's PPO ratio a function of φ alone).
 Advantages are group-relative over consecutive groups of `num_generations` rows of the FULL
@@ -138,15 +139,21 @@ def opt_state_shardings(tx, trainable: nnx.State, mesh: jax.sharding.Mesh):
 def validate_batch(batch: dict, cfg: RLConfig) -> None:
     """Raise ValueError naming the field when the batch breaks the trajectory contract."""
     missing = [k for k in REQUIRED if k not in batch]
-    if cfg.joint_sampler and "gamma_raw" not in batch:
-        missing.append("gamma_raw")
+    if cfg.joint_sampler:
+        missing += [k for k in ("gamma_raw",) + (("step_features",) if cfg.head == "step" else ()) if k not in batch]
     if missing:
         raise ValueError(f"RL batch is missing {missing}; see diffpo_jax.rl.train_step docstring for the contract")
     b, length = batch["completion"].shape
     expect = {"completion_mask": (b, length), "unmask_step": (b, length), "behaviour_logp": (b, length),
               "old_logp": (b, length), "ref_logp": (b, length), "nfe": (b,), "rewards": (b,), "row_id": (b,),
-              "temperature": (b,), "gamma_raw": (b,), "head_old_logp": (b,), "prompt": (b, batch["prompt"].shape[1]),
+              "temperature": (b,), "head_old_logp": (b,), "prompt": (b, batch["prompt"].shape[1]),
               "prompt_mask": (b, batch["prompt"].shape[1])}
+    if cfg.head == "step" and "step_features" in batch:
+        expect["gamma_raw"] = tuple(batch["step_features"].shape[:2])
+        if batch["step_features"].shape[0] != b:
+            raise ValueError(f"RL batch field 'step_features' has {batch['step_features'].shape[0]} rows, expected {b}")
+    else:
+        expect["gamma_raw"] = (b,)
     for k, shape in expect.items():
         if k in batch and tuple(batch[k].shape) != shape:
             raise ValueError(f"RL batch field {k!r} has shape {tuple(batch[k].shape)}, expected {shape}")
@@ -177,15 +184,36 @@ def _loss_parts(policy, mb: dict, key, cfg: RLConfig):
                                         mb["unmask_step"], cfg)
     if not cfg.joint_sampler:
         return pol, None, {}
-    feats = mb["head_features"] if "head_features" in mb else llm_prompt_features(
-        policy.llm, mb["prompt"], mb["prompt_mask"], mb["completion"].shape[1], use_padding_mask=cfg.use_padding_mask)
-    mu = policy.head(jax.lax.stop_gradient(feats))
-    dens = L.gaussian_log_density(mb["gamma_raw"], mu, cfg.sigma)
+    dens, mu = head_log_density(policy, mb, cfg)
     old_dens = mb["head_old_logp"] if "head_old_logp" in mb else jax.lax.stop_gradient(dens)
     head = L.head_loss(dens, old_dens, mb["head_advantages"], cfg.num_generations, cfg.epsilon)
-    mu_ng = jax.lax.stop_gradient(mu)
+    mu_ng = jax.lax.stop_gradient(mu)  # [B]: the prompt head's μ(p); the step head's mean μ_t over the row's steps
     stats = {"sum": {"mu_mean": mu_ng.sum()}, "max": {"mu_max": mu_ng.max(), "neg_mu_min": -mu_ng.min()}}
     return pol, head, stats
+
+
+def step_valid(batch: dict) -> jax.Array:
+    """`[B, S]` bool: the step head's draws that were taken (step index t < the row's nfe)."""
+    s = batch["gamma_raw"].shape[1]
+    return jnp.arange(s)[None, :] < batch["nfe"][:, None]
+
+
+def head_log_density(policy, batch: dict, cfg: RLConfig) -> tuple[jax.Array, jax.Array]:
+    """(log π_φ of the batch's γ draws `[B]` f32, μ `[B]` f32). Prompt head: log N(raw; μ_φ(f), σ²).
+    Step head: Σ_{t < nfe} log N(raw_t; μ_φ(f, s_t), σ²) over the row's decoding steps, and μ the
+    mean μ_t over them. f = batch head_features (else recomputed from [p, M…M], stop-gradient)."""
+    feats = batch["head_features"] if "head_features" in batch else llm_prompt_features(
+        policy.llm, batch["prompt"], batch["prompt_mask"], batch["completion"].shape[1],
+        use_padding_mask=cfg.use_padding_mask)
+    feats = jax.lax.stop_gradient(feats)
+    if cfg.head == "prompt":
+        mu = policy.head(feats)
+        return L.gaussian_log_density(batch["gamma_raw"], mu, cfg.sigma), mu
+    mu = policy.head(feats[:, None, :], batch["step_features"])  # [B, S]
+    valid = step_valid(batch)
+    dens = jnp.sum(jnp.where(valid, L.gaussian_log_density(batch["gamma_raw"], mu, cfg.sigma), 0.0), axis=-1)
+    n = jnp.maximum(valid.sum(-1), 1).astype(jnp.float32)
+    return dens, jnp.sum(jnp.where(valid, mu, 0.0), axis=-1) / n
 
 
 def _micro_batches(batch: dict, m: int) -> dict:
@@ -317,12 +345,15 @@ def _finalise_metrics(aux, loss, grad_norm, ok, batch, cfg: RLConfig) -> dict:
     if "neg_mu_min" in out:
         out["mu_min"] = -out.pop("neg_mu_min")
     r = batch["rewards"].astype(jnp.float32)
-    nfe = batch["nfe"].astype(jnp.float32) + cfg.head_nfe  # + the head's prompt forward
+    nfe = batch["nfe"].astype(jnp.float32)  # every model forward (the head reads the first decoding forward)
     out.update(loss=loss, grad_norm=grad_norm, skipped=1 - ok.astype(jnp.int32), reward_mean=r.mean(),
                reward_std=r.std(), adv_abs_mean=jnp.abs(batch["advantages"]).mean(), nfe_mean=nfe.mean(),
                nfe_max=nfe.max())
     if cfg.joint_sampler:
         g = jnp.clip(batch["gamma_raw"], 0.0, cfg.gamma_max)
+        if cfg.head == "step":  # each row's mean γ over its steps
+            valid = step_valid(batch)
+            g = jnp.sum(jnp.where(valid, g, 0.0), axis=-1) / jnp.maximum(valid.sum(-1), 1).astype(jnp.float32)
         out.update(gamma_mean=g.mean(), gamma_std=g.std(), gamma_min=g.min(), gamma_max=g.max(),
                    sampler_reward_mean=L.sampler_reward(r, nfe, cfg.nfe_lambda, cfg.nfe_ref).mean())
     return out
@@ -341,10 +372,7 @@ def make_score_fn(graphdef: nnx.GraphDef, cfg: RLConfig, mesh: Optional[jax.shar
         if cfg.beta > 0:
             out["ref_logp"] = surrogate_logps(cfg.method, policy.llm, batch, rng, cfg, lora=False)
         if cfg.joint_sampler and "gamma_raw" in batch:
-            feats = batch["head_features"] if "head_features" in batch else llm_prompt_features(
-                policy.llm, batch["prompt"], batch["prompt_mask"], batch["completion"].shape[1],
-                use_padding_mask=cfg.use_padding_mask)
-            out["head_old_logp"] = L.gaussian_log_density(batch["gamma_raw"], policy.head(feats), cfg.sigma)
+            out["head_old_logp"] = head_log_density(policy, batch, cfg)[0]
         return jax.lax.stop_gradient(out)
 
     jitted = jax.jit(score)

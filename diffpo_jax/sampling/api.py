@@ -3,11 +3,12 @@
     sampler = make_sampler(graphdef, SamplerConfig(rule="eb", gen_length=256, block_length=32))
     out = sampler(state, prompt_tokens [B, P], prompt_mask [B, P], key, gamma=[B], threshold=[B],
                   temperature=[B] or scalar)            # -> SampleOutput
+    out = sampler(state, ..., head=HeadGamma.of(threshold_head, sigma))   # EB with the head's γ
 
 One compile per (batch, prompt length, SamplerConfig) - the config fixes gen/block length,
 rule and the static step bound. `state` (any weights with the same structure), `key`,
 `gamma`, `threshold` and `temperature` are array inputs: changing them never recompiles
-(`sampler.trace_count` counts traces). With a mesh, the batch is sharded over
+(`sampler.trace_count` counts traces); so are a head's parameters and σ (its graph is static). With a mesh, the batch is sharded over
 ('data', 'fsdp') (`sharding.batch_sharding`) and the model state is expected on its
 `sharding.create_sharded` shardings; results equal the single-device ones.
 """
@@ -23,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from diffpo_jax import sharding as shd
+from diffpo_jax.models.threshold_head import HeadGamma
 from diffpo_jax.sampling.config import SamplerConfig
 from diffpo_jax.sampling.loop import SampleOutput, decode
 
@@ -60,10 +62,11 @@ class Sampler:
         self._model_cfg = None
         self.jitted = jax.jit(self._traced)  # public for ahead-of-time lowering (bench/tpu_compile.py)
 
-    def _traced(self, state, prompt_tokens, prompt_mask, key, gamma, threshold, temperature) -> SampleOutput:
+    def _traced(self, state, prompt_tokens, prompt_mask, key, gamma, threshold, temperature,
+                head=None) -> SampleOutput:
         self.trace_count += 1  # runs only while tracing: counts compiles
         model = nnx.merge(self.graphdef, state)
-        return decode(model, self.cfg, prompt_tokens, prompt_mask, key, gamma, threshold, temperature)
+        return decode(model, self.cfg, prompt_tokens, prompt_mask, key, gamma, threshold, temperature, head)
 
     def _check(self, state, prompt_tokens, prompt_mask):
         if self._model_cfg is None:
@@ -94,10 +97,13 @@ class Sampler:
         return jnp.broadcast_to(arr, (b,))
 
     def __call__(self, state, prompt_tokens, prompt_mask=None, key=None, gamma=None, threshold=None,
-                 temperature=None) -> SampleOutput:
+                 temperature=None, head: Optional[HeadGamma] = None) -> SampleOutput:
         """state: `nnx.split(model)[1]`; prompt_tokens `[B, P]` int (left-padded); prompt_mask
         `[B, P]` bool (None = no padding); key: PRNG key (None = key(0)); gamma / threshold /
-        temperature: scalar or `[B]` (None = the config's value)."""
+        temperature: scalar or `[B]` (None = the config's value); head: a threshold head whose γ
+        replaces `gamma` (rule 'eb'; `loop.decode`), its draws in `out.head`."""
+        if head is not None and self.cfg.rule != "eb":
+            raise ValueError(f"Sampler: a threshold head sets EB's gamma; this sampler's rule is {self.cfg.rule!r}")
         prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
         if prompt_mask is None:
             prompt_mask = jnp.ones(prompt_tokens.shape, bool)
@@ -113,7 +119,7 @@ class Sampler:
                                           for a in (prompt_tokens, prompt_mask))
             per_row = [jax.device_put(a, shd.batch_sharding(self.mesh, 1)) for a in per_row]
         with shd.use_mesh(self.mesh):
-            return self.jitted(state, prompt_tokens, prompt_mask, key, *per_row)
+            return self.jitted(state, prompt_tokens, prompt_mask, key, *per_row, head)
 
 
 def make_sampler(graphdef, cfg: SamplerConfig, mesh: Optional[jax.sharding.Mesh] = None) -> Sampler:

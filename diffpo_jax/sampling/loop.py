@@ -46,12 +46,13 @@ padding mask, so a left-padded row decodes as if it were alone and unpadded.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from diffpo_jax.models.threshold_head import HeadDraws, HeadGamma, prompt_features, step_state_features
 from diffpo_jax.sampling import rules
 from diffpo_jax.sampling.config import STEPPED_RULES, SamplerConfig
 
@@ -74,6 +75,7 @@ class SampleOutput(struct.PyTreeNode):
     forwards `[]` int32: batched forwards actually run (= max(nfe) without a KV cache; with one,
       the sum over blocks of the block's most steps in any row).
     cfg_guided (static): True if every forward was a CFG pair (still 1 NFE per step).
+    head: `HeadDraws` when decoded with a threshold head (`decode(head=...)`), else None.
     """
 
     tokens: jax.Array
@@ -85,6 +87,7 @@ class SampleOutput(struct.PyTreeNode):
     completion_length: jax.Array
     forwards: jax.Array
     cfg_guided: bool = struct.field(pytree_node=False, default=False)
+    head: Optional[HeadDraws] = None
 
 
 class _State(NamedTuple):
@@ -98,6 +101,8 @@ class _State(NamedTuple):
     logp_t: jax.Array  # [B, L] f32
     it: jax.Array  # [] int32 forwards run
     block_over: jax.Array  # [] bool, KV cache only: every row has finished the current block
+    head: Optional[tuple] = None  # with a threshold head: (features [B, D] f32, the latest draw [B], the step
+    #   head's draws [B, S] and features [B, S, F] by step index (None for the prompt head), Σ of γ used [B])
 
 
 def completion_mask(completion: jax.Array, eos_id: int) -> jax.Array:
@@ -136,29 +141,41 @@ def _guide(cfg: SamplerConfig, logits: jax.Array, b: int) -> jax.Array:
     return logits
 
 
-def _block_logits(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len: int, mask_id: int):
-    """fp32 logits `[B, Lb, V]` of each row's current block (with CFG if configured)."""
+def _features(h, b: int, prompt_len: int, feats_mask):
+    """The threshold head's prompt features `[B, D]` f32 from a full forward's hidden states
+    (the conditional rows under CFG), or None when no head reads them (feats_mask None)."""
+    return None if feats_mask is None else prompt_features(h[:b, :prompt_len], feats_mask)
+
+
+def _block_logits(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len: int, mask_id: int,
+                  feats_mask=None):
+    """(fp32 logits `[B, Lb, V]` of each row's current block (with CFG if configured), the
+    head's prompt features `[B, D]` or None: `_features`)."""
     b = x.shape[0]
     x, padding_mask = _model_rows(cfg, x, padding_mask, prompt_len, mask_id)
     if cfg.uses_cfg:
         onehot = jnp.concatenate([onehot, onehot], axis=0)
+    feats = None
     if hasattr(model, "hidden"):
         h = model.hidden(x, padding_mask, lora=cfg.lora)
         logits = model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot))
+        feats = _features(h, b, prompt_len, feats_mask)
     else:  # any model returning full logits
         logits = _take_block(model(x, padding_mask, lora=cfg.lora)[:, prompt_len:], onehot)
-    return _guide(cfg, logits, b)
+    return _guide(cfg, logits, b), feats
 
 
-def _full_logits_and_cache(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len: int, mask_id: int):
+def _full_logits_and_cache(model, cfg: SamplerConfig, x, padding_mask, onehot, prompt_len: int, mask_id: int,
+                           feats_mask=None):
     """A block's first forward with a KV cache: (fp32 logits `[B, Lb, V]` of the current block,
-    (k, v) `[N, B', P+L, Hkv, hd]` of every layer; B' = 2B under CFG)."""
+    (k, v) `[N, B', P+L, Hkv, hd]` of every layer; B' = 2B under CFG, prompt features or None)."""
     b = x.shape[0]
     x, padding_mask = _model_rows(cfg, x, padding_mask, prompt_len, mask_id)
     if cfg.uses_cfg:
         onehot = jnp.concatenate([onehot, onehot], axis=0)
     h, k, v = model.hidden_and_kv(x, padding_mask, lora=cfg.lora)
-    return _guide(cfg, model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot)), b), (k, v)
+    logits = _guide(cfg, model.logits_from_hidden(_take_block(h[:, prompt_len:], onehot)), b)
+    return logits, (k, v), _features(h, b, prompt_len, feats_mask)
 
 
 def _window_logits(model, cfg: SamplerConfig, x, padding_mask, blk, cache, prompt_len: int, mask_id: int):
@@ -204,13 +221,25 @@ def _select(cfg: SamplerConfig, prop: rules.Proposal, eligible, st: _State, key,
 
 
 def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array, key: jax.Array,
-           gamma: jax.Array, threshold: jax.Array, temperature: jax.Array) -> SampleOutput:
+           gamma: jax.Array, threshold: jax.Array, temperature: jax.Array,
+           head: Optional[HeadGamma] = None) -> SampleOutput:
     """Decode `cfg.gen_length` tokens after left-padded `prompt_tokens [B, P]` int32.
 
     prompt_mask `[B, P]` bool (True = real token; used only with cfg.use_padding_mask);
     gamma, threshold, temperature `[B]` f32 (used by rule eb / threshold / all rules).
+    head: the threshold head (rule 'eb' only) replaces `gamma`: the prompt features come from the
+    first forward (the non-padding prompt positions' final hidden states of [p, M…M]); the
+    prompt head draws γ = clip(μ(f) + σ ε, 0, γ_max) there, once per row; the step head draws
+    γ_t = clip(μ(f, s_t) + σ ε_t, 0, γ_max) at each of the row's steps, s_t =
+    `step_state_features` of that forward's block before the selection. Noise: its own stream
+    (`fold_in(key, 2**31 - 1)`, then the forward index), so the proposals are those without a head.
     """
     mcfg = getattr(model, "cfg", None)
+    if head is not None and cfg.rule != "eb":
+        raise ValueError(f"decode: a threshold head sets EB's gamma; rule={cfg.rule!r} has none (use rule='eb')")
+    if head is not None and not hasattr(model, "hidden"):
+        raise ValueError(f"decode: a threshold head reads the model's hidden states; {type(model).__name__} has no "
+                         "hidden()")
     if cfg.uses_cache and not (hasattr(model, "hidden_and_kv") and hasattr(model, "hidden_with_cache")):
         raise ValueError(f"SamplerConfig.kv_cache={cfg.kv_cache!r} needs a model with hidden_and_kv() and "
                          f"hidden_with_cache() (diffpo_jax.models.transformer.Transformer); {type(model).__name__} has "
@@ -230,7 +259,34 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
     def masks_in_block(comp, blk):
         return jnp.sum(_take_block(comp == mask_id, onehot_of(blk)), axis=-1).astype(jnp.int32)
 
-    def step(st: _State, logits: jax.Array) -> _State:
+    per_step = head is not None and head.module().n_step_features > 0
+    feats_mask = None if head is None else prompt_mask.astype(bool)
+    head_key = jax.random.fold_in(key, 2**31 - 1)
+
+    def head_gamma(st: _State, feats_new, prop: rules.Proposal, eligible):
+        """(the head's carry with this step's features / draw, γ `[B]` to decode with, s_t `[B, F]` or None)."""
+        feats, raw, s_raw, s_feats, g_sum = st.head
+        module = head.module()
+        if feats_new is not None:  # the first forward ([p, M…M]) gives the features
+            feats = jnp.where(st.it == 0, feats_new, feats)
+        eps = jax.random.normal(jax.random.fold_in(head_key, st.it), (b,), jnp.float32)
+        if not per_step:
+            raw = jnp.where(st.it == 0, module(feats) + head.sigma * eps, raw)
+            return (feats, raw, s_raw, s_feats, g_sum), jnp.clip(raw, 0.0, module.gamma_max), None
+        s_t = step_state_features(prop.entropy, prop.confidence, eligible, st.nfe,
+                                  jnp.sum(st.comp == mask_id, axis=-1), max_steps=cfg.max_steps,
+                                  completion_length=n_len, vocab_size=prop.probs.shape[-1])
+        raw = module(feats, s_t) + head.sigma * eps
+        return (feats, raw, s_raw, s_feats, g_sum), jnp.clip(raw, 0.0, module.gamma_max), s_t
+
+    def record_step(carry: tuple, st: _State, active, gamma_t, s_t) -> tuple:
+        """Step head: file this step's draw and features at the row's step index (if it decoded)."""
+        feats, raw, s_raw, s_feats, g_sum = carry
+        write = (jnp.arange(cfg.max_steps)[None, :] == st.nfe[:, None]) & active[:, None]
+        return (feats, raw, jnp.where(write, raw[:, None], s_raw), jnp.where(write[..., None], s_t[:, None], s_feats),
+                g_sum + jnp.where(active, gamma_t, 0.0))
+
+    def step(st: _State, logits: jax.Array, feats_new=None) -> _State:
         """Reveal tokens from this forward's block logits `[B, Lb, V]` f32; one loop iteration."""
         onehot = onehot_of(st.blk)
         live = st.blk < nb
@@ -239,8 +295,13 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
         k_noise, k_select = jax.random.split(jax.random.fold_in(key, st.it))
         prop = rules.propose(logits, k_noise, temperature, never=mask_id, top_p=cfg.top_p, top_k=cfg.top_k)
         eligible = (_take_block(st.comp, onehot) == mask_id) & live[:, None]
-        select = _select(cfg, prop, eligible, st, k_select, gamma, threshold)
+        gamma_t, head_carry, s_t = gamma, st.head, None
+        if head is not None:
+            head_carry, gamma_t, s_t = head_gamma(st, feats_new, prop, eligible)
+        select = _select(cfg, prop, eligible, st, k_select, gamma_t, threshold)
         active = live if cfg.rule in STEPPED_RULES else jnp.any(eligible, axis=-1)
+        if per_step:
+            head_carry = record_step(head_carry, st, active, gamma_t, s_t)
         nfe = st.nfe + active.astype(jnp.int32)
         in_block = jnp.repeat(onehot, lb, axis=1)  # [B, L]
         reveal = jnp.tile(select, (1, nb)) & in_block
@@ -263,23 +324,24 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
             unmask_step=jnp.where(reveal, nfe[:, None], st.unmask_step),
             logp=jnp.where(reveal, jnp.tile(prop.logp, (1, nb)), st.logp),
             logp_t=jnp.where(reveal, jnp.tile(prop.logp_tempered, (1, nb)), st.logp_t),
-            it=st.it + 1, block_over=block_over)
+            it=st.it + 1, block_over=block_over, head=head_carry)
 
     def seq(st: _State) -> jax.Array:
         return jnp.concatenate([prompt_tokens, st.comp], axis=1)
 
     def body(st: _State) -> _State:  # no cache: one full forward per iteration
-        return step(st, _block_logits(model, cfg, seq(st), padding_mask, onehot_of(st.blk), p, mask_id))
+        return step(st, *_block_logits(model, cfg, seq(st), padding_mask, onehot_of(st.blk), p, mask_id, feats_mask))
 
     def block_body(st: _State) -> _State:
         """KV cache: one whole block (rows in lockstep). The full forward's cache is closed over
         by the inner loop, not carried, so the window steps never copy it."""
-        logits, cache = _full_logits_and_cache(model, cfg, seq(st), padding_mask, onehot_of(st.blk), p, mask_id)
-        st = step(st, logits)
+        logits, cache, feats = _full_logits_and_cache(model, cfg, seq(st), padding_mask, onehot_of(st.blk), p, mask_id,
+                                                      feats_mask)
+        st = step(st, logits, feats)
         blk = jnp.min(st.blk)  # the same for every row while the block runs
 
         def window_body(s: _State) -> _State:
-            return step(s, _window_logits(model, cfg, seq(s), padding_mask, blk, cache, p, mask_id))
+            return step(s, _window_logits(model, cfg, seq(s), padding_mask, blk, cache, p, mask_id))  # features kept
 
         return jax.lax.while_loop(lambda s: ~s.block_over & (s.it < cfg.max_steps), window_body, st)
 
@@ -291,12 +353,36 @@ def decode(model, cfg: SamplerConfig, prompt_tokens: jax.Array, prompt_mask: jax
     st = _State(comp=comp0, blk=zeros_b, block_step=zeros_b, block_masks=masks_in_block(comp0, zeros_b),
                 nfe=zeros_b, unmask_step=jnp.zeros((b, n_len), jnp.int32),
                 logp=jnp.zeros((b, n_len), jnp.float32), logp_t=jnp.zeros((b, n_len), jnp.float32),
-                it=jnp.zeros((), jnp.int32), block_over=jnp.zeros((), bool))
+                it=jnp.zeros((), jnp.int32), block_over=jnp.zeros((), bool), head=_head_carry0(head, model, b, cfg))
     st = jax.lax.while_loop(cond, block_body if cfg.uses_cache else body, st)
     cmask = completion_mask(st.comp, eos_id)
     return SampleOutput(
         tokens=jnp.concatenate([prompt_tokens, st.comp], axis=1), unmask_step=st.unmask_step,
         behaviour_logp=st.logp, behaviour_logp_tempered=st.logp_t, nfe=st.nfe,
         completion_mask=cmask, completion_length=jnp.sum(cmask, axis=-1).astype(jnp.int32),
-        forwards=st.it, cfg_guided=cfg.uses_cfg)
+        forwards=st.it, cfg_guided=cfg.uses_cfg, head=_head_draws(head, st))
+
+
+def _head_carry0(head: Optional[HeadGamma], model, b: int, cfg: SamplerConfig) -> Optional[tuple]:
+    """The head's initial loop carry (see `_State.head`); None without a head."""
+    if head is None:
+        return None
+    module, d = head.module(), model.cfg.d_model
+    zeros = jnp.zeros((b,), jnp.float32)
+    if not module.n_step_features:
+        return (jnp.zeros((b, d), jnp.float32), zeros, None, None, zeros)
+    s = cfg.max_steps
+    return (jnp.zeros((b, d), jnp.float32), zeros, jnp.zeros((b, s), jnp.float32),
+            jnp.zeros((b, s, module.n_step_features), jnp.float32), zeros)
+
+
+def _head_draws(head: Optional[HeadGamma], st: _State) -> Optional[HeadDraws]:
+    if head is None:
+        return None
+    feats, raw, s_raw, s_feats, g_sum = st.head
+    gamma_max = head.module().gamma_max
+    if s_raw is None:
+        return HeadDraws(features=feats, gamma=jnp.clip(raw, 0.0, gamma_max), gamma_raw=raw)
+    return HeadDraws(features=feats, gamma=g_sum / jnp.maximum(st.nfe, 1).astype(jnp.float32), gamma_raw=s_raw,
+                     step_features=s_feats)
 
