@@ -8,9 +8,10 @@
 Config argument `METHOD[,FAMILY]`: FAMILY llada (default: assets/demo_sudoku) | dream
 (assets/demo_sudoku_dream, the same recipe on the Dream architecture and ChatML tokenizer).
 METHOD in d1 | 2mf | 2mf_is | exact (the exact trajectory likelihood, the
-surrogates' oracle) | joint (2-MF + IS + the adaptive EB threshold head); the toy-scale paper
-table runs them with the same budget and seeds. Rollouts use
-the EB sampler (gamma = the head's mu(p) + noise when joint, a fixed gamma otherwise).
+surrogates' oracle) | joint (2-MF + IS + the adaptive EB threshold head, one gamma per prompt) |
+joint_step (the same with the step-level head, rl.head='step': a gamma per decoding step); the
+toy-scale paper table runs them with the same budget and seeds. Rollouts use
+the EB sampler (gamma = the head's mu + noise when joint, a fixed gamma otherwise).
 """
 
 import os
@@ -19,7 +20,7 @@ import ml_collections
 
 from configs import base, tiny_model
 
-METHODS = ("d1", "2mf", "2mf_is", "exact", "joint")
+METHODS = ("d1", "2mf", "2mf_is", "exact", "joint", "joint_step")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffpo_jax", "assets")
 DEMO_MODELS = {"llada": os.path.join(ASSETS, "demo_sudoku"), "dream": os.path.join(ASSETS, "demo_sudoku_dream")}
 DEMO_MODEL = DEMO_MODELS["llada"]
@@ -53,8 +54,10 @@ def get_config(arg: str = "joint"):
     c.sampler.gamma = 0.3
     c.sampler.temperature = 0.7
 
-    c.rl.method = "2mf_is" if method == "joint" else method
-    c.rl.joint_sampler = method == "joint"
+    joint = method.startswith("joint")
+    c.rl.method = "2mf_is" if joint else method
+    c.rl.joint_sampler = joint
+    c.rl.head = "step" if method == "joint_step" else "prompt"
     c.rl.num_generations = 8
     c.rl.num_inner = 2
     c.rl.beta = 0.0

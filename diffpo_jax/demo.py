@@ -254,7 +254,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffpo_jax.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="joint", choices=METHODS,
-                   help="joint (default: 2-MF + IS + threshold head), d1, 2mf or 2mf_is")
+                   help="joint (default: 2-MF + IS + threshold head, one γ per prompt), joint_step (the "
+                        "step-level head: a γ per decoding step), d1, 2mf, 2mf_is or exact")
     p.add_argument("--family", default="llada", choices=("llada", "dream"),
                    help="model family of the shipped tiny SFT model: llada (default, assets/demo_sudoku) or dream "
                         "(assets/demo_sudoku_dream: Dream's architecture and ChatML tokenizer)")

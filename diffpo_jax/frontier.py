@@ -52,6 +52,24 @@ def frontier_nfe(front: Sequence[tuple[float, float]], accuracy: float) -> Optio
     return front[0][0]  # a one-point frontier, accuracy equal to it
 
 
+def frontier_accuracy(front: Sequence[tuple[float, float]], nfe: float) -> Optional[float]:
+    """Best accuracy the frontier reaches with at most `nfe` NFE (linear between its points; its
+    last accuracy beyond its last point); None below its least NFE (not measured there)."""
+    if not front or nfe < front[0][0]:
+        return None
+    for (n0, a0), (n1, a1) in zip(front, front[1:]):
+        if n0 <= nfe <= n1:
+            return a0 + (nfe - n0) / (n1 - n0) * (a1 - a0) if n1 > n0 else max(a0, a1)
+    return front[-1][1]
+
+
+def accuracy_gain(front: Sequence[tuple[float, float]], nfe: float, accuracy: float) -> Optional[float]:
+    """accuracy − frontier_accuracy(front, nfe): what a sampler at (nfe, accuracy) gains over the best
+    fixed setting at equal NFE (negative: it loses); None below the frontier's least NFE."""
+    ref = frontier_accuracy(front, nfe)
+    return None if ref is None else accuracy - ref
+
+
 def nfe_saved(front: Sequence[tuple[float, float]], nfe: float, accuracy: float) -> Optional[float]:
     """1 - nfe / frontier_nfe(front, accuracy): the fraction of the best fixed setting's NFE that a
     sampler at (nfe, accuracy) saves at equal accuracy (negative: it needs more); None outside."""

@@ -17,6 +17,16 @@ def test_frontier_drops_dominated_points_and_interpolates():
     assert fr.nfe_saved(front, 10.0, 0.718) < 0
 
 
+def test_accuracy_at_equal_nfe():
+    front = fr.pareto_frontier([(4.0, 0.684), (8.7, 0.718), (18.8, 0.745)])
+    assert fr.frontier_accuracy(front, 4.0) == pytest.approx(0.684)
+    assert fr.frontier_accuracy(front, 6.35) == pytest.approx(0.684 + 0.5 * 0.034)
+    assert fr.frontier_accuracy(front, 30.0) == pytest.approx(0.745)  # beyond the last point: its accuracy
+    assert fr.frontier_accuracy(front, 3.0) is None  # fewer NFE than any fixed setting: not measured
+    assert fr.accuracy_gain(front, 8.7, 0.73) == pytest.approx(0.012)
+    assert fr.accuracy_gain(front, 3.0, 0.9) is None
+
+
 def test_cli_reads_demo_summaries(tmp_path, capsys):
     pts = [{"series": fr.SFT_SERIES, "nfe_mean": n, "accuracy": a} for n, a in [(4.0, 0.68), (8.0, 0.72)]]
     runs = []
