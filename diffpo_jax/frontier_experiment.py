@@ -1,8 +1,10 @@
 """The adaptive sampler against the best fixed rule, in and out of distribution (issue 20).
 
     python -m diffpo_jax.frontier_experiment --heads prompt,step --seeds 0,1,2 --out_dir runs/frontier
+    python -m diffpo_jax.frontier_experiment --family dream --heads prompt --out_dir runs/frontier_dream
 
-On the embedded demo's 4x4 Sudoku setting (the shipped SFT model, `configs/demo_sudoku.py:joint`
+On the embedded demo's 4x4 Sudoku setting (the shipped SFT model, `--family dream` its Dream-
+architecture twin; `configs/demo_sudoku.py:joint`
 and `:joint_step` with the demo's budget: 40 RL steps of 8 prompts x 8 completions, 2-MF + IS +
 the threshold head):
 
@@ -12,7 +14,9 @@ the threshold head):
 2. Per head kind (`rl.head`: prompt = one γ per prompt, the paper's; step = γ_t per decoding
    step) and seed: the joint run (its own out_dir, resumable), then the trained system (LoRA +
    head, γ = μ, the head reading the sampler's first forward) on every target, and the trained
-   LLM with fixed EB γ on the in-distribution set (does the LoRA move the fixed frontier?).
+   LLM with fixed EB γ (`RL_GAMMAS`) and fixed thresholds (`RL_THRESHOLDS`) on the
+   in-distribution set (does the LoRA move the fixed frontier? does the head beat its own LLM's
+   fixed rules?).
 3. NFE saved at equal accuracy, 1 − NFE / frontier NFE(accuracy), and the accuracy gained at
    equal NFE, acc − frontier accuracy(NFE), per run; mean ± 95% CI over seeds
    (`seed_stats.mean_ci`), paired step − prompt differences.
@@ -47,6 +51,7 @@ TARGETS = {  # name -> (puzzle source, completion length)
 GAMMAS = (0.03, 0.1, 0.3, 0.6, 1.0, 1.7, 3.0, 6.0)
 THRESHOLDS = (0.98, 0.9, 0.8, 0.6, 0.4, 0.2)
 RL_GAMMAS = (0.3, 0.6, 1.0, 1.7, 3.0)
+RL_THRESHOLDS = (0.9, 0.8, 0.6)
 
 
 def target_items(name: str, n: int) -> list[dict]:
@@ -67,11 +72,11 @@ class Study:
     """Shared state: the demo config, the SFT model, the targets' prompts, the evaluation cache."""
 
     def __init__(self, out_dir: str, n_items: int, steps: int, targets: Sequence[str] = tuple(TARGETS),
-                 progress: bool = True):
+                 progress: bool = True, family: str = "llada"):
         from configs import demo_sudoku
 
-        self.out_dir, self.steps, self.progress = out_dir, steps, progress
-        self.config = demo_sudoku.get_config("joint")
+        self.out_dir, self.steps, self.progress, self.family = out_dir, steps, progress, family
+        self.config = demo_sudoku.get_config(f"joint,{family}")
         self.llm, self.tokenizer = experiment.build_llm(self.config, None)
         fmt = lambda it: tasks.format_prompt("sudoku", it, self.tokenizer, "eval", False, "compact")  # noqa: E731
         self.items = {t: target_items(t, n_items) for t in targets}
@@ -117,7 +122,7 @@ class Study:
 
         from configs import demo_sudoku
 
-        config = demo_sudoku.get_config("joint" if head == "prompt" else "joint_step")
+        config = demo_sudoku.get_config(f"{'joint' if head == 'prompt' else 'joint_step'},{self.family}")
         config.seed = seed
         config.train.steps = self.steps
         config.train.out_dir = os.path.join(self.out_dir, f"{head}_seed{seed}")
@@ -146,13 +151,16 @@ def sft_frontier(points: Sequence[dict], target: str, rules: Sequence[str] = ("e
 def compare(points: Sequence[dict], heads: Sequence[str], seeds: Sequence[int],
             targets: Sequence[str] = tuple(TARGETS)) -> dict:
     """{target: {'frontier': [(nfe, acc)], head: {'saved': [per seed], 'gain': [per seed], 'nfe',
-    'accuracy', 'puzzles', 'gamma': [...]}}} against each target's SFT frontier (EB + threshold)."""
+    'accuracy', 'puzzles', 'gamma': [...]}}} against each target's SFT frontier (EB + threshold);
+    `*_eb` against the SFT model's EB-only frontier (fixed γ: the paper's comparison), `*_own`
+    against the run's own LLM with fixed rules (what the head adds on top of its LoRA)."""
     out = {}
     for target in targets:
-        front = sft_frontier(points, target)
-        out[target] = {"frontier": front}
+        front, front_eb = sft_frontier(points, target), sft_frontier(points, target, ("eb",))
+        out[target] = {"frontier": front, "frontier_eb": front_eb}
         for head in heads:
-            rows = {k: [] for k in ("saved", "gain", "saved_own", "gain_own", "nfe", "accuracy", "puzzles", "gamma")}
+            rows = {k: [] for k in ("saved", "gain", "saved_eb", "gain_eb", "saved_own", "gain_own", "nfe", "accuracy",
+                                    "puzzles", "gamma")}
             for seed in seeds:
                 p = next((q for q in points if q.get("head") == head and q.get("seed") == seed
                           and q["target"] == target), None)
@@ -160,6 +168,8 @@ def compare(points: Sequence[dict], heads: Sequence[str], seeds: Sequence[int],
                     continue
                 rows["saved"].append(frontier.nfe_saved(front, p["nfe_mean"], p["accuracy"]))
                 rows["gain"].append(frontier.accuracy_gain(front, p["nfe_mean"], p["accuracy"]))
+                rows["saved_eb"].append(frontier.nfe_saved(front_eb, p["nfe_mean"], p["accuracy"]))
+                rows["gain_eb"].append(frontier.accuracy_gain(front_eb, p["nfe_mean"], p["accuracy"]))
                 own = frontier.pareto_frontier([(q["nfe_mean"], q["accuracy"]) for q in points if q.get("rl_head") == head
                                                 and q.get("seed") == seed and q["target"] == target])
                 rows["saved_own"].append(frontier.nfe_saved(own, p["nfe_mean"], p["accuracy"]) if own else None)
@@ -185,7 +195,8 @@ def _ci(values, scale: float = 100.0, digits: int = 1, signed: bool = False) -> 
 
 
 def tables(cmp: dict, points: Sequence[dict], heads: Sequence[str], gammas: Sequence[float] = GAMMAS,
-           thresholds: Sequence[float] = THRESHOLDS, rl_gammas: Sequence[float] = RL_GAMMAS) -> str:
+           thresholds: Sequence[float] = THRESHOLDS, rl_gammas: Sequence[float] = RL_GAMMAS,
+           rl_thresholds: Sequence[float] = RL_THRESHOLDS) -> str:
     """Markdown: the per-target comparison table, the paired step − prompt differences, the SFT
     frontier points, and the RL models' fixed-γ points."""
     lines = ["| target | sampler | cell acc. % | puzzles % | mean NFE | mean γ | NFE saved at equal acc. % "
@@ -201,8 +212,10 @@ def tables(cmp: dict, points: Sequence[dict], heads: Sequence[str], gammas: Sequ
             lines.append(f"| {target} | {head} head (+ its LoRA) | {_ci(r['accuracy'])} | {_ci(r['puzzles'])} | "
                          f"{_ci(r['nfe'], 1.0, 2)} | {_ci(r['gamma'], 1.0, 2)} | {_ci(r['saved'], signed=True)} | "
                          f"{_ci(r['gain'], signed=True)} | {len(r['nfe'])} |")
+            lines.append(f"| {target} | … against the SFT model's fixed EB γ only | | | | | "
+                         f"{_ci(r['saved_eb'], signed=True)} | {_ci(r['gain_eb'], signed=True)} | {len(r['nfe'])} |")
             if any(v is not None for v in r["saved_own"] + r["gain_own"]):
-                lines.append(f"| {target} | … against its own LLM's fixed EB γ | | | | | "
+                lines.append(f"| {target} | … against its own LLM's fixed rules (EB + threshold) | | | | | "
                              f"{_ci(r['saved_own'], signed=True)} | {_ci(r['gain_own'], signed=True)} | "
                              f"{len(r['nfe'])} |")
     out = ["\n".join(lines)]
@@ -231,12 +244,14 @@ def tables(cmp: dict, points: Sequence[dict], heads: Sequence[str], gammas: Sequ
                              f"@ {p['nfe_mean']:.2f}")
         sft.append(f"| {target} | " + " | ".join(cells) + " |")
     out.append("\n".join(sft))
-    rl = ["", "The trained LLMs (LoRA) with fixed EB γ on `test`, mean ± 95% CI over seeds (cell % @ NFE):", "",
-          "| model | " + " | ".join(f"γ={g:g}" for g in rl_gammas) + " |", "|---" * (1 + len(rl_gammas)) + "|"]
+    rl = ["", "The trained LLMs (LoRA) with fixed rules on `test`, mean ± 95% CI over seeds (cell % @ NFE):", "",
+          "| model | " + " | ".join([f"EB γ={g:g}" for g in rl_gammas] + [f"τ={t:g}" for t in rl_thresholds]) + " |",
+          "|---" * (1 + len(rl_gammas) + len(rl_thresholds)) + "|"]
     for head in heads:
         cells = []
-        for g in rl_gammas:
-            ps = [q for q in points if q.get("rl_head") == head and q["target"] == "test" and abs(q["knob"] - g) < 1e-12]
+        for rule, k in [("eb", g) for g in rl_gammas] + [("threshold", t) for t in rl_thresholds]:
+            ps = [q for q in points if q.get("rl_head") == head and q["target"] == "test" and q["rule"] == rule
+                  and abs(q["knob"] - k) < 1e-12]
             cells.append(f"{_ci([q['accuracy'] for q in ps])} @ {_ci([q['nfe_mean'] for q in ps], 1.0, 2)}"
                          if ps else "")
         rl.append(f"| {head}-head run's LLM | " + " | ".join(cells) + " |")
@@ -268,7 +283,7 @@ def plots(points: Sequence[dict], heads: Sequence[str], out_dir: str,
             for head in heads:
                 ps = [p for p in points if p.get("rl_head") == head and p["target"] == target]
                 ax.plot([p["nfe_mean"] for p in ps], [100 * p["accuracy"] for p in ps], "x", color=COLORS[head],
-                        alpha=0.6, label=f"{head}-head run's LLM, fixed EB γ")
+                        alpha=0.6, label=f"{head}-head run's LLM, fixed rules")
         for head in heads:
             ps = [p for p in points if p.get("head") == head and p["target"] == target]
             ax.plot([p["nfe_mean"] for p in ps], [100 * p["accuracy"] for p in ps], "*", ms=11, color=COLORS[head],
@@ -282,47 +297,46 @@ def plots(points: Sequence[dict], heads: Sequence[str], out_dir: str,
             ax.legend(fontsize=7)
 
     paths = []
+
+    def save(fig, name):
+        paths.append(os.path.join(out_dir, name))
+        fig.tight_layout()
+        fig.savefig(paths[-1])
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     panel(ax, "test")
     ax.set_title("4x4 Sudoku (held-out, in distribution): adaptive heads vs fixed rules", fontsize=9)
-    paths.append(os.path.join(out_dir, "frontier.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    save(fig, "frontier.png")
     fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.6), dpi=110, squeeze=False)
     for i, (ax, target) in enumerate(zip(axes[0], targets)):
         panel(ax, target, legend=i == 0)
     fig.suptitle("heads trained on `test` only, frozen; each panel: that target's fixed-rule sweeps", fontsize=9)
-    paths.append(os.path.join(out_dir, "ood.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    save(fig, "ood.png")
     fig, axes = plt.subplots(1, len(heads), figsize=(5 * len(heads), 3.4), dpi=110, squeeze=False)
     for ax, head in zip(axes[0], heads):
         for target in targets:
             g = [x for p in points if p.get("head") == head and p["target"] == target for x in p.get("gammas", [])]
             if g:
                 ax.hist(g, bins=40, histtype="step", label=target, density=True)
-        ax.set_title(f"{head} head: γ per completion{' (mean over its steps)' if head == 'step' else ''}", fontsize=9)
+        ax.set_title(f"{head} head: γ per completion{' (mean over its steps)' if head == 'step' else ''}, "
+                     "seeds pooled", fontsize=9)
         ax.set_xlabel("γ")
         ax.legend(fontsize=7)
-    paths.append(os.path.join(out_dir, "gammas.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1])
-    plt.close(fig)
+    save(fig, "gammas.png")
     return paths
 
 
 def run(heads: Sequence[str], seeds: Sequence[int], out_dir: str, n_items: int = 256, steps: int = 40,
         gammas: Optional[Sequence[float]] = None, thresholds: Optional[Sequence[float]] = None,
         targets: Sequence[str] = tuple(TARGETS), rl_gammas: Sequence[float] = RL_GAMMAS,
-        progress: bool = True) -> dict:
+        rl_thresholds: Sequence[float] = RL_THRESHOLDS, progress: bool = True, family: str = "llada") -> dict:
     """The whole study (see the module doc); returns what `<out_dir>/results.json` holds."""
     gammas, thresholds = tuple(gammas or GAMMAS), tuple(thresholds or THRESHOLDS)
     if "test" not in targets:
         raise ValueError(f"targets {targets}: 'test' (the training distribution) is needed")
     t0 = time.perf_counter()
-    study = Study(out_dir, n_items, steps, targets, progress)
+    study = Study(out_dir, n_items, steps, targets, progress, family)
     points = []
     for target in targets:
         points += [study.fixed(study.llm, target, "eb", g, "sft") for g in gammas]
@@ -331,15 +345,17 @@ def run(heads: Sequence[str], seeds: Sequence[int], out_dir: str, n_items: int =
         for seed in seeds:
             policy = study.train(head, seed)
             points += [study.adaptive(policy, head, seed, t) for t in targets]
-            for g in rl_gammas:
-                p = study.fixed(policy.llm, "test", "eb", g, f"{head}_seed{seed}_llm")
-                points.append({**p, "rl_head": head, "seed": seed})
+            for rule, knobs in (("eb", rl_gammas), ("threshold", rl_thresholds)):
+                for k in knobs:
+                    p = study.fixed(policy.llm, "test", rule, k, f"{head}_seed{seed}_llm")
+                    points.append({**p, "rl_head": head, "seed": seed})
     cmp = compare(points, heads, seeds, targets)
-    md = tables(cmp, points, heads, gammas, thresholds, rl_gammas)
+    md = tables(cmp, points, heads, gammas, thresholds, rl_gammas, rl_thresholds)
     figs = plots(points, heads, out_dir, targets)
     seconds = round(time.perf_counter() - t0, 1)
     results = {"heads": list(heads), "seeds": list(seeds), "n_items": n_items, "steps": steps, "gammas": gammas,
-               "thresholds": thresholds, "targets": list(targets), "rl_gammas": list(rl_gammas), "points": points, "comparison": cmp, "seconds": seconds}
+               "thresholds": thresholds, "targets": list(targets), "family": family, "rl_gammas": list(rl_gammas),
+               "rl_thresholds": list(rl_thresholds), "points": points, "comparison": cmp, "seconds": seconds}
     storage.write_text(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1))
     storage.write_text(os.path.join(out_dir, "frontier.md"), md)
     study.say(md)
@@ -358,6 +374,8 @@ def main(argv=None) -> int:
     p.add_argument("--gammas", type=floats, default=None, help=f"SFT EB sweep (default {','.join(map(str, GAMMAS))})")
     p.add_argument("--thresholds", type=floats, default=None,
                    help=f"SFT threshold sweep (default {','.join(map(str, THRESHOLDS))})")
+    p.add_argument("--family", default="llada", choices=("llada", "dream"),
+                   help="the shipped tiny SFT model: llada (assets/demo_sudoku) or dream (assets/demo_sudoku_dream)")
     p.add_argument("--targets", default=",".join(TARGETS),
                    help=f"comma-separated evaluation sets, 'test' included (default {','.join(TARGETS)})")
     args = p.parse_args(argv)
@@ -375,7 +393,8 @@ def main(argv=None) -> int:
 
     logging.set_verbosity(logging.WARNING)
     try:
-        run(heads, seeds, args.out_dir, args.eval_items, args.steps, args.gammas, args.thresholds, targets)
+        run(heads, seeds, args.out_dir, args.eval_items, args.steps, args.gammas, args.thresholds, targets,
+            family=args.family)
     except experiment.ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     return 0

@@ -167,3 +167,20 @@ def test_step_head_score_fn_and_export_round_trip(tmp_path):
     back = load_threshold_head(str(tmp_path))
     assert back.n_step_features == F and back.kind == "step"
     np.testing.assert_allclose(back(out.head.features[:, None], out.head.step_features), mu, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "step"])
+def test_head_sampler_sharded_equals_single_device(kind):
+    from diffpo_jax import sharding as shd
+
+    mesh = shd.make_mesh(2, 2, 2)
+    cfg = llada.tiny(lora_rank=2)
+    sharded = shd.create_sharded(lambda: llada.LLaDA(cfg, rngs=nnx.Rngs(0)), mesh)
+    single = llada.LLaDA(cfg, rngs=nnx.Rngs(0))
+    prompt = jnp.arange(8 * 4, dtype=jnp.int32).reshape(8, 4) % 200 + 5
+    head = HeadGamma.of(_head(64, kind), 0.0)
+    scfg = SamplerConfig(rule="eb", gen_length=8, block_length=4, temperature=0.0, kv_cache="dual")
+    a = make_sampler(nnx.split(sharded)[0], scfg, mesh)(nnx.split(sharded)[1], prompt, None, jax.random.key(0), head=head)
+    b = make_sampler(nnx.split(single)[0], scfg)(nnx.split(single)[1], prompt, None, jax.random.key(0), head=head)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_allclose(a.head.gamma, b.head.gamma, rtol=1e-4)
