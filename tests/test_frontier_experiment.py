@@ -57,7 +57,7 @@ def test_cli_refuses_bad_arguments(bad, capsys):
 
 def test_tiny_run_end_to_end_and_resumes(tmp_path):
     kw = dict(heads=["step"], seeds=[0], out_dir=str(tmp_path), n_items=2, steps=1, gammas=[1.0], thresholds=[0.9],
-              targets=["test"], rl_gammas=(1.0,), rl_thresholds=(), progress=False)
+              targets=["test"], rl_gammas=(), rl_thresholds=(), progress=False)
     res = fx.run(**kw)
     assert {p["target"] for p in res["points"]} == {"test"}
     step = [p for p in res["points"] if p.get("head") == "step"]
@@ -65,7 +65,7 @@ def test_tiny_run_end_to_end_and_resumes(tmp_path):
     for name in ("results.json", "frontier.md", "frontier.png", "ood.png", "gammas.png"):
         assert os.path.getsize(tmp_path / name) > 0
     cached = sorted(os.listdir(tmp_path / "evals"))
-    assert len(cached) == 2 + 1 + 1  # SFT: 2 rules; the step head; its LLM at 1 γ
+    assert len(cached) == 2 + 1  # SFT: 2 rules; the step head (its LLM's fixed rules: the compare test)
     assert "| test | step head (+ its LoRA) |" in (tmp_path / "frontier.md").read_text()
     again = fx.run(**kw)  # everything from the cache and the finished run's checkpoint
     assert json.dumps(again["points"]) == json.dumps(res["points"])
