@@ -36,7 +36,7 @@ from diffpo_jax import distributed, evaluate, experiment, storage, tasks
 from diffpo_jax.checkpointing import CheckpointMismatch, Checkpointer
 from diffpo_jax.metrics_log import MetricsLog
 from diffpo_jax.models.threshold_head import Policy, save_threshold_head
-from diffpo_jax.rl.likelihood import inner_key
+from diffpo_jax.rl.likelihood import inner_key, uses_key
 from diffpo_jax.rl.rollout import rollout
 from diffpo_jax.rl.train_step import init_train_state, make_score_fn, make_train_step
 from diffpo_jax.sampling import make_sampler
@@ -131,16 +131,22 @@ def update(trainable, opt_state, frozen, batch: dict, k_inner: jax.Array, rl_cfg
     """μ = rl_cfg.num_inner optimizer steps on one rollout -> (trainable, opt_state, mean metrics).
 
     θ_old = the rollout-time parameters, scored per inner iteration k under `inner_key(k_inner, k)`
-    (the key the step uses too). With μ = 1 the step's own stop_grad(θ) is θ_old (and the
-    reference is computed inside the step), so the scoring forwards are skipped.
+    (the key the step uses too), or once when the likelihood does not depend on the key
+    (`uses_key`: exact, MF at p_mask 0; for exact that saves μ − 1 passes of NFE forwards). With
+    μ = 1 the step's own stop_grad(θ) is θ_old (and the reference is computed inside the step), so
+    the scoring forwards are skipped.
     """
     old = jax.tree.map(jnp.copy, trainable) if rl_cfg.num_inner > 1 else None  # the step donates trainable
+    rescore = uses_key(rl_cfg.method, rl_cfg)
+    scored = None
     per_inner = []
     for k in range(rl_cfg.num_inner):
         rng = inner_key(k_inner, k)
         inner = dict(batch)
         if old is not None:
-            inner.update(score_fn(old, frozen, batch, rng))
+            if scored is None or rescore:
+                scored = score_fn(old, frozen, batch, rng)
+            inner.update(scored)
         trainable, opt_state, m = step_fn(trainable, opt_state, frozen, inner, rng)
         per_inner.append(m)
     return trainable, opt_state, _mean_metrics(per_inner)

@@ -266,3 +266,12 @@ def test_tempered_surrogates_and_dispatch(model, traj):
     assert RLConfig(method="exact").surrogate == "exact"
     with pytest.raises(ValueError, match="likelihood_temperature"):
         RLConfig(likelihood_temperature="tempered")
+
+
+@pytest.mark.parametrize("method,p_mask", [("exact", 0.15), ("d1", 0.0), ("d1", 0.3), ("2mf", 0.0), ("2mf_is", 0.15)])
+def test_uses_key_says_which_likelihoods_depend_on_the_key(model, traj, method, p_mask):
+    """`uses_key` (train.update scores θ_old once when False) agrees with the likelihoods: two
+    inner keys give identical log-probs exactly when it is False."""
+    cfg = RLConfig(method=method, p_mask=p_mask)
+    a, b = (lk.surrogate_logps(method, model, traj, jax.random.key(k), cfg) for k in (1, 2))
+    assert lk.uses_key(method, cfg) == (not np.array_equal(np.asarray(a), np.asarray(b)))

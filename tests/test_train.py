@@ -186,6 +186,32 @@ def test_inner_step_metrics_keep_maxima_and_minima():
     assert out == {"train/loss": 2.0, "train/is_weight_max": 2.0, "train/mu_min": 0.1}
 
 
+@pytest.mark.parametrize("method,p_mask,scorings", [("exact", 0.15, 1), ("d1", 0.0, 1), ("d1", 0.15, 3),
+                                                     ("2mf_is", 0.0, 3)])
+def test_theta_old_is_scored_once_when_the_likelihood_ignores_the_key(method, p_mask, scorings):
+    """train.update with μ = 3: θ_old's log-probs are rescored per inner key only for likelihoods
+    that draw from the key (2-MF's τ, MF's prompt mask); exact's are computed once and reused."""
+    import jax.numpy as jnp
+
+    from diffpo_jax.rl import RLConfig
+    from diffpo_jax.train import update
+
+    calls, seen = [], []
+
+    def score_fn(old, frozen, batch, rng):
+        calls.append(rng)
+        return {"old_logp": jnp.full((2, 3), float(len(calls)))}
+
+    def step_fn(trainable, opt_state, frozen, inner, rng):
+        seen.append(float(inner["old_logp"][0, 0]))
+        return trainable, opt_state, {"loss": jnp.float32(0.0)}
+
+    cfg = RLConfig(method=method, p_mask=p_mask, num_inner=3)
+    update({"w": jnp.zeros(2)}, None, None, {"nfe": jnp.ones(2, jnp.int32)}, jax.random.key(0), cfg, step_fn, score_fn)
+    assert len(calls) == scorings
+    assert seen == ([1.0, 1.0, 1.0] if scorings == 1 else [1.0, 2.0, 3.0])
+
+
 def test_metrics_log_resume_drops_later_and_torn_lines(tmp_path):
     from diffpo_jax.train import MetricsLog
 
