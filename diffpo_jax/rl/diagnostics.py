@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from diffpo_jax.rl.likelihood import _completion_hidden, latent_at, mask_prompt
 
@@ -65,25 +66,29 @@ def surrogate_kl_by_step(model, prompt, prompt_mask, completion, unmask_step, nf
     valid = jnp.ones(completion.shape, bool) if completion_mask is None else jnp.asarray(completion_mask, bool)
     p_tilde = mask_prompt(prompt, prompt_mask, key if key is not None else jax.random.key(0), p_mask, mask_id)
 
-    @jax.jit
-    def hidden(prompt_in, completion_in):
-        return _completion_hidden(model, prompt_in, completion_in, prompt_mask, use_padding_mask, lora)
+    graphdef, params = nnx.split(model)  # the weights go in as arguments, never as compiled-in constants
 
-    h_mf = hidden(p_tilde, jnp.full_like(completion, mask_id))
+    def hidden_of(params, prompt_in, completion_in):
+        return _completion_hidden(nnx.merge(graphdef, params), prompt_in, completion_in, prompt_mask,
+                                  use_padding_mask, lora)
+
+    hidden = jax.jit(hidden_of)
+    h_mf = hidden(params, p_tilde, jnp.full_like(completion, mask_id))
     taus = {f"2mf@f{f:g}": np.minimum(np.floor(f * nfe_np), np.maximum(nfe_np - 1, 0)) for f in tau_fracs}
     taus.update({f"2mf@t{t}": np.minimum(t, np.maximum(nfe_np - 1, 0)) for t in tau_abs})
     taus = {k: jnp.asarray(v, jnp.int32) for k, v in taus.items()}
-    h_tau = {k: hidden(prompt, latent_at(completion, unmask_step, tau, mask_id)) for k, tau in taus.items()}
+    h_tau = {k: hidden(params, prompt, latent_at(completion, unmask_step, tau, mask_id)) for k, tau in taus.items()}
     names = ["mf"] + list(taus)
 
     @jax.jit
-    def step_sums(t, h_tau):
-        h_true = hidden(prompt, latent_at(completion, unmask_step, jnp.full(nfe.shape, t - 1, jnp.int32), mask_id))
+    def step_sums(params, t, h_mf, h_tau, taus, prompt, completion, unmask_step, valid):
+        h_true = hidden_of(params, prompt, latent_at(completion, unmask_step, jnp.full(completion.shape[:1], t - 1, jnp.int32),
+                                          mask_id))
         sel = ((unmask_step == t) & valid).astype(jnp.float32)
         out = {"count": sel.sum(1)}
         for name in names:
             h_sur = h_mf if name == "mf" else jnp.where((t <= taus[name])[:, None, None], h_mf, h_tau[name])
-            k_ts, k_st = conditional_kl(model, h_true, h_sur, chunk)
+            k_ts, k_st = conditional_kl(nnx.merge(graphdef, params), h_true, h_sur, chunk)
             out[f"{name}/kl_true_sur"] = (k_ts * sel).sum(1)
             out[f"{name}/kl_sur_true"] = (k_st * sel).sum(1)
         return out
@@ -91,7 +96,7 @@ def surrogate_kl_by_step(model, prompt, prompt_mask, completion, unmask_step, nf
     per_t = {k: np.zeros(t_max) for k in ["count"] + [f"{n}/{d}" for n in names for d in ("kl_true_sur", "kl_sur_true")]}
     per_bin = {k: np.zeros(n_bins) for k in per_t}
     for t in range(1, t_max + 1):
-        sums = jax.device_get(step_sums(jnp.int32(t), h_tau))
+        sums = jax.device_get(step_sums(params, jnp.int32(t), h_mf, h_tau, taus, prompt, completion, unmask_step, valid))
         rel = t / np.maximum(nfe_np, 1)
         bins = np.clip(np.ceil(rel * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
         for k, v in sums.items():
