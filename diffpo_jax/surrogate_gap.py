@@ -28,11 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
-LABELS = {"mf": "mean-field (d1)"}
-
-
 def _label(name: str) -> str:
-    return LABELS.get(name, f"2-MF, τ = {name.split('@f')[1]}·T" if "@f" in name else name)
+    """'mf' -> 'mean-field (d1)', '2mf@f0.5' -> '2-MF, τ = 0.5·T'."""
+    return "mean-field (d1)" if name == "mf" else f"2-MF, τ = {name.split('@f')[1]}·T"
 
 
 def rollouts(model_dir: str, n: int, seed: int, family: str = "llada"):

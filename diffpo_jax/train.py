@@ -137,7 +137,7 @@ def update(trainable, opt_state, frozen, batch: dict, k_inner: jax.Array, rl_cfg
     the scoring forwards are skipped.
     """
     old = jax.tree.map(jnp.copy, trainable) if rl_cfg.num_inner > 1 else None  # the step donates trainable
-    rescore = uses_key(rl_cfg.method, rl_cfg)
+    rescore = uses_key(rl_cfg)
     scored = None
     per_inner = []
     for k in range(rl_cfg.num_inner):

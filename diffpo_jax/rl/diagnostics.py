@@ -82,8 +82,8 @@ def surrogate_kl_by_step(model, prompt, prompt_mask, completion, unmask_step, nf
 
     @jax.jit
     def step_sums(params, t, h_mf, h_tau, taus, prompt, completion, unmask_step, valid):
-        h_true = hidden_of(params, prompt, latent_at(completion, unmask_step, jnp.full(completion.shape[:1], t - 1, jnp.int32),
-                                          mask_id))
+        before_t = jnp.full(completion.shape[:1], t - 1, jnp.int32)
+        h_true = hidden_of(params, prompt, latent_at(completion, unmask_step, before_t, mask_id))
         sel = ((unmask_step == t) & valid).astype(jnp.float32)
         out = {"count": sel.sum(1)}
         for name in names:

@@ -225,18 +225,11 @@ def exact_logps(model, prompt: jax.Array, prompt_mask: jax.Array, completion: ja
     return out
 
 
-def _kind(surrogate: str) -> Optional[str]:
-    """'mf' | '2mf' | 'exact' for a surrogate or RLConfig method name (None: unknown)."""
-    return {"mf": "mf", "d1": "mf", "mf_is": "mf", "exact": "exact"}.get(
-        surrogate, "2mf" if surrogate.startswith("2mf") else None)
-
-
-def uses_key(surrogate: str, cfg) -> bool:
-    """Whether `surrogate_logps(surrogate, ..., key, cfg)` depends on `key`: 2-MF draws τ, MF
+def uses_key(cfg) -> bool:
+    """Whether `surrogate_logps(cfg.method, ..., key, cfg)` depends on `key`: 2-MF draws τ, MF
     masks the prompt when cfg.p_mask > 0; exact (and MF at p_mask 0) is a fixed function of the
     batch, so θ_old's log-probs are the same at every inner iteration and are scored once."""
-    kind = _kind(surrogate)
-    return not (kind == "exact" or (kind == "mf" and cfg.p_mask == 0))
+    return not (cfg.surrogate == "exact" or (cfg.surrogate == "mf" and cfg.p_mask == 0))
 
 
 def surrogate_logps(surrogate: str, model, batch: dict, key: jax.Array, cfg, *, lora: bool = True) -> jax.Array:
@@ -247,7 +240,8 @@ def surrogate_logps(surrogate: str, model, batch: dict, key: jax.Array, cfg, *, 
     cfg.likelihood_temperature == 'sampler'). cfg: an `RLConfig` (p_mask, prompt_mask_stages,
     logprob_chunk, use_padding_mask, likelihood_temperature). key: the inner-iteration key.
     """
-    kind = _kind(surrogate)
+    kind = {"mf": "mf", "d1": "mf", "mf_is": "mf", "exact": "exact"}.get(
+        surrogate, "2mf" if surrogate.startswith("2mf") else None)
     if kind is None:
         raise ValueError(f"surrogate={surrogate!r}: choose one of {SURROGATES} or an RLConfig method")
     temperature = batch.get("temperature") if cfg.likelihood_temperature == "sampler" else None
