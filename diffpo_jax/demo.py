@@ -19,7 +19,8 @@ better *and* with fewer forward passes, on a laptop CPU in a few minutes.
    `summary.json`.
 5. The fair comparison: the SFT model with the fixed-γ EB sampler at the γ whose mean NFE
    matches the trained model's main point (`sft_equal_nfe`: log γ interpolated against NFE
-   on the SFT points, then a secant refinement or two), and a verdict line computed from
+   on the SFT points, then a secant refinement or two; an SFT point already within
+   `NFE_TOL` is reused), and a verdict line computed from
    the numbers (`equal_nfe_gain`: cell and puzzle points of the trained model over it).
 """
 
@@ -87,24 +88,32 @@ def gamma_for_nfe(points: Sequence[tuple[float, float]], target_nfe: float,
     return g1 * math.exp(step), False
 
 
-def match_nfe(eval_at: Callable[[float], dict], points: Sequence[tuple[float, float]], target_nfe: float,
+def match_nfe(eval_at: Callable[[float], dict], known: Sequence[dict], target_nfe: float,
               tol: float = NFE_TOL, max_evals: int = 3) -> tuple[dict, list[dict]]:
-    """(closest, tried): evaluate `eval_at(γ)` (a summary with `nfe_mean`) at `gamma_for_nfe`'s γ,
-    then again with every evaluation added to the points (a secant / regula-falsi step) while
-    the NFE is off by more than `tol`, at most `max_evals` evaluations. `closest` is the tried
-    summary whose NFE is nearest the target, with `gamma`, `target_nfe`, `nfe_gap` and `matched`."""
-    known = [(float(g), float(n)) for g, n in points]
+    """(closest, tried): the SFT summary whose NFE matches `target_nfe`. `known`: summaries
+    already measured (`gamma`, `nfe_mean`, accuracies); the nearest one is returned unevaluated
+    when it is within `tol`. Otherwise evaluate `eval_at(γ)` at `gamma_for_nfe`'s γ, then again
+    with every evaluation added to the points (a secant / regula-falsi step) while the NFE is
+    off by more than `tol`, at most `max_evals` evaluations. `closest` is the summary whose NFE
+    is nearest the target (of `tried`, or the known one), with `gamma`, `target_nfe`, `nfe_gap`
+    and `matched`; `tried` lists the new evaluations only."""
+    points = [(float(k["gamma"]), float(k["nfe_mean"])) for k in known]
     tried: list[dict] = []
-    for _ in range(max_evals):
-        g, _ = gamma_for_nfe(known, target_nfe)
-        if any(abs(g - t["gamma"]) <= 1e-6 * g for t in tried):
-            break  # the search is not moving (an NFE plateau)
-        out = {**eval_at(g), "gamma": g}
-        tried.append(out)
-        known.append((g, float(out["nfe_mean"])))
-        if abs(out["nfe_mean"] - target_nfe) <= tol:
-            break
-    best = dict(min(tried, key=lambda t: abs(t["nfe_mean"] - target_nfe)))
+    nearest = min(known, key=lambda k: abs(float(k["nfe_mean"]) - target_nfe), default=None)
+    if nearest is not None and abs(float(nearest["nfe_mean"]) - target_nfe) <= tol:
+        tried_or_known = [nearest]
+    else:
+        for _ in range(max_evals):
+            g, _ = gamma_for_nfe(points, target_nfe)
+            if any(abs(g - t["gamma"]) <= 1e-6 * g for t in tried):
+                break  # the search is not moving (an NFE plateau)
+            out = {**eval_at(g), "gamma": g}
+            tried.append(out)
+            points.append((g, float(out["nfe_mean"])))
+            if abs(out["nfe_mean"] - target_nfe) <= tol:
+                break
+        tried_or_known = tried
+    best = dict(min(tried_or_known, key=lambda t: abs(t["nfe_mean"] - target_nfe)))
     gap = float(best["nfe_mean"]) - float(target_nfe)
     best.update(target_nfe=float(target_nfe), nfe_gap=gap, matched=abs(gap) <= tol)
     return best, tried
@@ -221,7 +230,7 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, 
                 if (g > ref_gamma if target < before_ref["nfe_mean"] else g < ref_gamma)]
         sft_known += fixed_gamma_points(llm, tokenizer, config, items, ids, "SFT model, fixed γ", side)
     eval_at = lambda g: fixed_gamma_points(llm, tokenizer, config, items, ids, "SFT model, fixed γ", [g])[0]  # noqa: E731
-    sft_eq, tried = match_nfe(eval_at, [(p["gamma"], p["nfe_mean"]) for p in sft_known], target)
+    sft_eq, tried = match_nfe(eval_at, sft_known, target)
     sft_eq.update(label=f"γ={sft_eq['gamma']:.3g} (equal NFE)", series="SFT model, fixed γ",
                   tries=[{"gamma": t["gamma"], "nfe_mean": t["nfe_mean"], "accuracy": t["accuracy"]} for t in tried])
     gain, verdict = equal_nfe_verdict(after_main, sft_eq)
