@@ -19,10 +19,12 @@ with prompts as the independent unit: a group's advantages are relative to each 
 
 `snr_per_step` = |G|² / (tr Σ / b): the squared signal over the noise of one step's gradient.
 `cos_to_exact` = the mean over batches of cos(g_k^method, g_k^exact) on the same rollouts: 1 if
-the surrogate's gradient is the exact likelihood's, whatever the noise. `cos_expected_to_exact`
-= cos(G^method, G^exact) of the expected gradients, from the unbiased cross-batch estimate
-⟨G^a, G^b⟩ ≈ mean_{k≠l} g_k^a · g_l^b (nan where an |G|² estimate is ≤ 0). 95% intervals: a
-bootstrap over the K batches.
+the surrogate's gradient is the exact likelihood's, whatever the noise (t-interval over the
+independent batches). `cos_expected_to_exact` = cos(G^method, G^exact) of the expected
+gradients, from the unbiased cross-batch estimate ⟨G^a, G^b⟩ ≈ mean_{k≠l} g_k^a · g_l^b (nan
+where an |G|² estimate is ≤ 0; not bounded by 1 when the signal is below the noise). The other
+95% intervals: delete-one-batch jackknife. The gradients are kept in out_dir/grads.npz, and a
+rerun with the same settings reads them instead of recomputing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ import os
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
+
+from diffpo_jax.seed_stats import mean_ci, paired_diff, verdict
 
 METHODS = ("d1", "2mf", "2mf_is", "exact")
 
@@ -54,30 +59,51 @@ def cross_batch_dot(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.sum(a.sum(0) * b.sum(0)) - np.sum(a * b)) / (k * (k - 1)))
 
 
-def summarize(grads: dict[str, np.ndarray], prompts_per_batch: int, n_boot: int = 2000, seed: int = 0) -> dict:
+def _stats(g: np.ndarray, e: np.ndarray | None, b: float) -> dict:
+    """Noise scale of `[K, D]` per-batch gradients g (b units each), and cos(G, G_exact) when e
+    (the exact method's gradients on the same batches) is given."""
+    k = g.shape[0]
+    sq = np.sum(g * g, axis=1)
+    out = noise_scale(sq, float(np.sum(g.mean(0) ** 2)), b, k * b)
+    if e is not None:
+        ga, ge = cross_batch_dot(g, g), cross_batch_dot(e, e)
+        out["cos_expected_to_exact"] = cross_batch_dot(g, e) / np.sqrt(ga * ge) if ga > 0 and ge > 0 else float("nan")
+    return out
+
+
+def _jackknife_ci(g: np.ndarray, e: np.ndarray | None, b: float, key: str, est: float) -> list[float]:
+    """95% interval est ± t_{K−1} · se, se the delete-one-batch jackknife standard error (a
+    bootstrap would resample a batch twice, which the cross-batch estimators read as signal)."""
+    k = g.shape[0]
+    loo = np.array([_stats(np.delete(g, i, 0), None if e is None else np.delete(e, i, 0), b)[key] for i in range(k)])
+    if not np.all(np.isfinite(loo)):
+        return [float("nan"), float("nan")]
+    se = np.sqrt((k - 1) / k * np.sum((loo - loo.mean()) ** 2))
+    half = float(stats.t.ppf(0.975, k - 1) * se)
+    return [est - half, est + half]
+
+
+def summarize(grads: dict[str, np.ndarray], prompts_per_batch: int) -> dict:
     """grads: method -> `[K, D]` float64 flattened gradients, row k from rollout batch k (the same
-    batches for every method). Returns per method the noise scale, its bootstrap 95% interval, and
-    cos_to_exact (when 'exact' is among the methods)."""
-    rng = np.random.default_rng(seed)
+    batches for every method, K ≥ 3). Per method: g2, trace, snr_per_step (+ `_ci`), b_noise;
+    with 'exact' among the methods, cos_to_exact (mean per-batch cosine, t-interval over the
+    independent batches, + `_ci`) and cos_expected_to_exact (+ `_ci`)."""
     k = next(iter(grads.values())).shape[0]
-    if k < 2:
-        raise ValueError("gradient_noise: needs at least 2 batches")
-    b, big = float(prompts_per_batch), float(k * prompts_per_batch)
-    boots = rng.integers(0, k, size=(n_boot, k))
+    if k < 3:
+        raise ValueError(f"gradient_noise: {k} batches; needs at least 3 (the interval is a jackknife)")
+    b = float(prompts_per_batch)
+    e = grads.get("exact")
     out = {}
     for m, g in grads.items():
-        sq = np.sum(g * g, axis=1)
-        est = noise_scale(sq, float(np.sum(g.mean(0) ** 2)), b, big)
-        snr = [noise_scale(sq[i], float(np.sum(g[i].mean(0) ** 2)), b, big)["snr_per_step"] for i in boots]
-        est["snr_per_step_ci"] = [float(np.nanpercentile(snr, 2.5)), float(np.nanpercentile(snr, 97.5))]
-        if "exact" in grads:
-            e = grads["exact"]
+        est = _stats(g, e, b)
+        est["snr_per_step_ci"] = _jackknife_ci(g, None, b, "snr_per_step", est["snr_per_step"])
+        if e is not None:
             cos = np.sum(g * e, axis=1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(e, axis=1), 1e-300)
-            est["cos_to_exact"] = float(cos.mean())
-            est["cos_to_exact_ci"] = [float(np.percentile(cos[boots].mean(1), q)) for q in (2.5, 97.5)]
-            ga, ge = cross_batch_dot(g, g), cross_batch_dot(e, e)
-            est["cos_expected_to_exact"] = (cross_batch_dot(g, e) / np.sqrt(ga * ge) if ga > 0 and ge > 0
-                                            else float("nan"))
+            mean, half = mean_ci(cos)
+            est["cos_per_batch"] = cos.tolist()
+            est["cos_to_exact"], est["cos_to_exact_ci"] = mean, [mean - half, mean + half]
+            est["cos_expected_to_exact_ci"] = _jackknife_ci(g, e, b, "cos_expected_to_exact",
+                                                            est["cos_expected_to_exact"])
         out[m] = est
     return out
 
@@ -141,26 +167,40 @@ def measure(model_dir: str, batches: int, seed: int, methods: Sequence[str] = ME
     return {m: np.stack(v) for m, v in grads.items()}, info
 
 
+LADDER = (("2mf", "d1"), ("2mf_is", "2mf"), ("2mf_is", "d1"))
+
+
 def _prompts(b: int, snr: float) -> str:
     """B_noise = b / SNR as text ('∞' where the SNR bound is ≤ 0)."""
     return f"{b / snr:.0f}" if snr > 0 else "∞"
 
 
+def _interval(x: float, ci: list[float]) -> str:
+    return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def to_markdown(result: dict, info: dict) -> str:
-    lines = [f"{info['batches']} rollout batches of {info['prompts_per_batch']} prompts × "
-             f"{info['completions_per_prompt']} completions from `{info['model_dir']}` (seed {info['seed']}, "
-             f"mean reward {info['reward_mean']:.3f}); LoRA gradient at θ_old, {info['dim']} parameters:", "",
-             "| method | per-step SNR \\|G\\|²/(tr Σ/b) [95% CI] | B_noise, prompts per step [95% CI] | "
-             "cos(g, g_exact) per batch [95% CI] | cos(G, G_exact) expected |", "|---|---|---|---|---|"]
+    """The per-method table, then the paired per-batch cosine differences along the paper's ladder."""
+    b = info["prompts_per_batch"]
+    lines = [f"{info['batches']} rollout batches of {b} prompts × {info['completions_per_prompt']} completions "
+             f"from `{info['model_dir']}` (seed {info['seed']}, mean reward {info['reward_mean']:.3f}); LoRA "
+             f"gradient at θ_old, {info['dim']} parameters; mean [95% CI]:", "",
+             "| method | per-step SNR \\|G\\|²/(tr Σ/b) | B_noise, prompts per step | "
+             "cos(g, g_exact) per batch | cos(G, G_exact) of the expected gradients |", "|---|---|---|---|---|"]
     for m, r in result.items():
         lo, hi = r["snr_per_step_ci"]
-        cos = (f"{r['cos_to_exact']:.3f} [{r['cos_to_exact_ci'][0]:.3f}, {r['cos_to_exact_ci'][1]:.3f}]"
-               if "cos_to_exact" in r else "—")
-        b = info["prompts_per_batch"]
         b_noise = (f"{r['b_noise']:.0f} [{_prompts(b, hi)}, {_prompts(b, lo)}]" if r["b_noise"] < float("inf")
                    else f"∞ (no signal detected) [≥ {_prompts(b, hi)}]")
-        expected = f"{r['cos_expected_to_exact']:.3f}" if "cos_expected_to_exact" in r else "—"
-        lines.append(f"| {m} | {r['snr_per_step']:.3f} [{lo:.3f}, {hi:.3f}] | {b_noise} | {cos} | {expected} |")
+        cos = _interval(r["cos_to_exact"], r["cos_to_exact_ci"]) if "cos_to_exact" in r else "—"
+        expected = (_interval(r["cos_expected_to_exact"], r["cos_expected_to_exact_ci"])
+                    if "cos_expected_to_exact" in r else "—")
+        lines.append(f"| {m} | {_interval(r['snr_per_step'], [lo, hi])} | {b_noise} | {cos} | {expected} |")
+    pairs = [(a, c) for a, c in LADDER if "cos_per_batch" in result.get(a, {}) and "cos_per_batch" in result.get(c, {})]
+    if pairs:
+        lines += ["", "| per-batch cos to exact, paired by batch | Δ mean [95% CI] | reading |", "|---|---|---|"]
+        for a, c in pairs:
+            mean, half = paired_diff(result[a]["cos_per_batch"], result[c]["cos_per_batch"])
+            lines.append(f"| {a} − {c} | {_interval(mean, [mean - half, mean + half])} | {verdict(mean, half)} |")
     return "\n".join(lines)
 
 
@@ -183,15 +223,25 @@ def main(argv=None) -> int:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         p.error(f"--methods: {bad} unknown; choose from {METHODS}")
-    grads, info = measure(args.model_dir or demo_sudoku.DEMO_MODEL, args.batches, args.seed, methods,
-                          parse_set(args.set))
-    result = summarize(grads, info["prompts_per_batch"])
+    settings = {"model_dir": args.model_dir or demo_sudoku.DEMO_MODEL, "batches": args.batches, "seed": args.seed,
+                "methods": methods, "overrides": parse_set(args.set)}
     os.makedirs(args.out_dir, exist_ok=True)
+    cache = os.path.join(args.out_dir, "grads.npz")
+    saved = json.load(open(os.path.join(args.out_dir, "gradient_noise.json"))) if os.path.isfile(cache) else None
+    if saved is not None and saved.get("settings") == settings:
+        with np.load(cache) as z:
+            grads = {m: z[m].astype(np.float64) for m in methods}
+        info = saved["info"]
+        print(f"[gradient_noise] read the gradients of {cache} (same settings)")
+    else:
+        grads, info = measure(settings["model_dir"], args.batches, args.seed, methods, settings["overrides"])
+        np.savez(cache, **{m: g.astype(np.float32) for m, g in grads.items()})
+    result = summarize(grads, info["prompts_per_batch"])
     text = to_markdown(result, info)
     with open(os.path.join(args.out_dir, "gradient_noise.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out_dir, "gradient_noise.json"), "w") as f:
-        json.dump({"info": info, "result": result}, f, indent=1)
+        json.dump({"settings": settings, "info": info, "result": result}, f, indent=1)
     print(text)
     return 0
 
