@@ -101,7 +101,7 @@ def match_nfe(eval_at: Callable[[float], dict], known: Sequence[dict], target_nf
     tried: list[dict] = []
     nearest = min(known, key=lambda k: abs(float(k["nfe_mean"]) - target_nfe), default=None)
     if nearest is not None and abs(float(nearest["nfe_mean"]) - target_nfe) <= tol:
-        tried_or_known = [nearest]
+        candidates = [nearest]
     else:
         for _ in range(max_evals):
             g, _ = gamma_for_nfe(points, target_nfe)
@@ -112,8 +112,8 @@ def match_nfe(eval_at: Callable[[float], dict], known: Sequence[dict], target_nf
             points.append((g, float(out["nfe_mean"])))
             if abs(out["nfe_mean"] - target_nfe) <= tol:
                 break
-        tried_or_known = tried
-    best = dict(min(tried_or_known, key=lambda t: abs(t["nfe_mean"] - target_nfe)))
+        candidates = tried
+    best = dict(min(candidates, key=lambda t: abs(t["nfe_mean"] - target_nfe)))
     gap = float(best["nfe_mean"]) - float(target_nfe)
     best.update(target_nfe=float(target_nfe), nfe_gap=gap, matched=abs(gap) <= tol)
     return best, tried
@@ -188,9 +188,7 @@ def run_demo(method: str = "joint", steps: int = 0, out_dir: str | None = None, 
         config.train.steps = steps
     if eval_items:
         config.train.eval_items = eval_items
-    for k, v in (overrides or {}).items():
-        section, field = k.split(".", 1)
-        config[section][field] = v
+    experiment.apply_overrides(config, overrides)
     rl_cfg = experiment.rl_config(config)
 
     llm, tokenizer = experiment.build_llm(config, None)

@@ -60,6 +60,14 @@ def make_dataclass(cls, section: ml_collections.ConfigDict, prefix: str, skip: t
         raise ConfigError(f"config.{prefix}: {e}") from None
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict | None) -> None:
+    """Set each `{"section.field": value}` of `overrides` on `config` (in place), as the paper
+    table's `--set section.field=value` budget."""
+    for key, value in (overrides or {}).items():
+        section, field = key.split(".", 1)
+        config[section][field] = value
+
+
 def generator_kwargs(config: ml_collections.ConfigDict) -> dict:
     """Countdown / Sudoku puzzle-generator kwargs from `config.task.generator` (plain dict)."""
     return _plain(config.task.get("generator", ml_collections.ConfigDict()))

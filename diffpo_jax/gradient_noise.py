@@ -45,7 +45,7 @@ METHODS = ("d1", "2mf", "2mf_is", "exact")
 def noise_scale(sq_norms: np.ndarray, mean_sq_norm: float, b: float, big: float) -> dict:
     """{g2 = |G|², trace = tr Σ, b_noise} from ⟨|g_k|²⟩ over batches of `b` units and |ḡ|² of
     their mean (`big` = K·b units), and snr_per_step = |G|²/(tr Σ/b), b_noise = b / snr_per_step
-(inf when the |G|² estimate is ≤ 0: no signal detected above the noise)."""
+    (inf when the |G|² estimate is ≤ 0: no signal detected above the noise)."""
     small = float(np.mean(sq_norms))
     g2 = (big * mean_sq_norm - b * small) / (big - b)
     trace = (small - mean_sq_norm) / (1.0 / b - 1.0 / big)
@@ -131,9 +131,7 @@ def measure(model_dir: str, batches: int, seed: int, methods: Sequence[str] = ME
         c = demo_sudoku.get_config(method)
         c.seed = seed
         c.model.hf_dir = model_dir
-        for key, v in (overrides or {}).items():
-            section, field = key.split(".", 1)
-            c[section][field] = v
+        experiment.apply_overrides(c, overrides)
         return c
 
     config = config_of(methods[0])
@@ -226,8 +224,8 @@ def main(argv=None) -> int:
     settings = {"model_dir": args.model_dir or demo_sudoku.DEMO_MODEL, "batches": args.batches, "seed": args.seed,
                 "methods": methods, "overrides": parse_set(args.set)}
     os.makedirs(args.out_dir, exist_ok=True)
-    cache = os.path.join(args.out_dir, "grads.npz")
-    saved = json.load(open(os.path.join(args.out_dir, "gradient_noise.json"))) if os.path.isfile(cache) else None
+    cache, result_path = os.path.join(args.out_dir, "grads.npz"), os.path.join(args.out_dir, "gradient_noise.json")
+    saved = json.load(open(result_path)) if os.path.isfile(cache) and os.path.isfile(result_path) else None
     if saved is not None and saved.get("settings") == settings:
         with np.load(cache) as z:
             grads = {m: z[m].astype(np.float64) for m in methods}
@@ -240,7 +238,7 @@ def main(argv=None) -> int:
     text = to_markdown(result, info)
     with open(os.path.join(args.out_dir, "gradient_noise.md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(args.out_dir, "gradient_noise.json"), "w") as f:
+    with open(result_path, "w") as f:
         json.dump({"settings": settings, "info": info, "result": result}, f, indent=1)
     print(text)
     return 0
